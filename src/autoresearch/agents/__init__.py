@@ -1,0 +1,83 @@
+"""Agents propose the next change. A plugin subclasses `Agent` and implements `propose`.
+
+Built-in agents and third-party ones (entry point group `autoresearch.agents`) are found through
+the same registry, so the loop never imports a concrete agent:
+
+    class MyAgent(Agent):
+        name = "mine"
+        def propose(self, context: Context) -> Proposal: ...
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Optional
+
+from ..config import Config
+from ..records import Experiment
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an agent knows when it proposes: built fresh from the ledger every time."""
+
+    config: Config
+    program: str
+    files: dict[str, str]  # the editable files as they are at the parent commit
+    parent: Experiment  # the current best: the proposal is applied on top of its commit
+    baseline: Experiment
+    history: tuple[Experiment, ...]  # every experiment of this research line, oldest first
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One change: new contents for files (None deletes a file) and a one-line hypothesis."""
+
+    description: str
+    writes: dict[str, Optional[str]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+class ProposalError(Exception):
+    """The agent's output cannot be turned into a change (recorded as a rejected experiment)."""
+
+
+class AgentExhausted(Exception):
+    """The agent has nothing more to propose; the session ends cleanly."""
+
+
+class Agent(ABC):
+    name: str = ""
+
+    def __init__(self, **options):
+        self.options = options
+
+    @abstractmethod
+    def propose(self, context: Context) -> Proposal:
+        ...
+
+
+BUILTIN = {
+    "search": "autoresearch.agents.search:SearchAgent",
+    "scripted": "autoresearch.agents.scripted:ScriptedAgent",
+}
+
+
+def available() -> list[str]:
+    return sorted({*BUILTIN, *(ep.name for ep in entry_points(group="autoresearch.agents"))})
+
+
+def create(name: str, **options) -> Agent:
+    """The agent registered as `name`, constructed with `options`."""
+    if name in BUILTIN:
+        module, _, attr = BUILTIN[name].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    else:
+        found = [ep for ep in entry_points(group="autoresearch.agents") if ep.name == name]
+        if not found:
+            raise ValueError(f"unknown agent {name!r}; available: {', '.join(available())}")
+        cls = found[0].load()
+    return cls(**options)

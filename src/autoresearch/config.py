@@ -1,0 +1,172 @@
+"""The target's configuration: one typed model loaded from `autoresearch.toml`.
+
+Every error names the file, the key and what was expected (`ConfigError`; the CLI exits 2).
+The full contract is in docs/target-contract.md.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .budget import Budget
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_FILE = "autoresearch.toml"
+
+
+class ConfigError(Exception):
+    """A problem with the target's configuration; the message is meant for the user as is."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetSection(_Section):
+    name: str = "target"
+    program: str = "program.md"
+
+
+class Commands(_Section):
+    train: str
+    prepare: Optional[str] = None
+    evaluate: Optional[str] = None
+
+    @field_validator("train", "prepare", "evaluate")
+    @classmethod
+    def _splits(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                words = shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"not a valid command line ({exc})") from None
+            if not words:
+                raise ValueError("an empty command")
+        return value
+
+
+class Files(_Section):
+    editable: list[str] = Field(min_length=1)
+    protected: list[str] = []
+
+
+class Metric(_Section):
+    name: str
+    goal: Literal["minimize", "maximize"] = "minimize"
+    source: Literal["stdout", "json"] = "stdout"
+    file: str = "metrics.json"
+
+
+class BudgetSection(_Section):
+    default: str = "300s"
+    timeout: Optional[float] = Field(default=None, gt=0)
+
+    @field_validator("default")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        Budget.parse(value)
+        return value
+
+
+class RunSection(_Section):
+    seeds: list[int] = Field(default=[0], min_length=1)
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+
+
+class JudgeSection(_Section):
+    min_delta: float = Field(default=0.0, ge=0)  # a change must beat the best by more than this to be kept
+
+
+class Knob(_Section):
+    name: str
+    file: str
+    type: Literal["float", "int", "choice"] = "float"
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Optional[list[Union[int, float, str, bool]]] = None
+
+    @model_validator(mode="after")
+    def _has_range(self) -> "Knob":
+        if self.type == "choice":
+            if not self.choices:
+                raise ValueError("a choice knob needs a non-empty 'choices' list")
+        else:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"a {self.type} knob needs 'low' < 'high'")
+            if self.log and self.low <= 0:
+                raise ValueError("a log-scale knob needs 'low' > 0")
+        return self
+
+
+class Config(_Section):
+    target: TargetSection = TargetSection()
+    commands: Commands
+    files: Files
+    metric: Metric
+    budget: BudgetSection = BudgetSection()
+    run: RunSection = RunSection()
+    judge: JudgeSection = JudgeSection()
+    knobs: list[Knob] = []
+
+    @model_validator(mode="after")
+    def _knobs_are_editable(self) -> "Config":
+        from fnmatch import fnmatch
+
+        for knob in self.knobs:
+            if not any(fnmatch(knob.file, pattern) for pattern in self.files.editable):
+                raise ValueError(f"knob {knob.name}: file {knob.file!r} is not among files.editable")
+        return self
+
+    @property
+    def minimize(self) -> bool:
+        return self.metric.goal == "minimize"
+
+    def default_budget(self) -> Budget:
+        return Budget.parse(self.budget.default)
+
+
+def load(root: Path) -> Config:
+    """Read and validate `<root>/autoresearch.toml`."""
+    path = Path(root) / CONFIG_FILE
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (is this an autoresearch target? see `autoresearch init`)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(path, exc)) from None
+
+
+def format_errors(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        got = error.get("input")
+        shown = "" if error["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{path}: {key}: {message}{shown}")
+    return "\n".join(lines)

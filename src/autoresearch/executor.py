@@ -1,0 +1,185 @@
+"""Executors: where the target's commands run. `local` runs them as child processes here.
+
+An executor has slots (a GPU each, or a share of the CPU) and runs one job per slot at a time.
+It enforces the wall-clock limit from outside: the job runs in its own process group, which is
+sent SIGTERM at the deadline and SIGKILL a few seconds later, so a training script that ignores
+its budget (or signals) cannot outlive it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+KILL_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A place a job can run: a device and the CPU threads that go with it."""
+
+    name: str
+    device: str = "auto"
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    timeout: float
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class JobResult:
+    exit_code: Optional[int]
+    seconds: float
+    timed_out: bool = False
+    interrupted: bool = False
+    peak_rss_mb: Optional[float] = None
+
+
+class JobHandle(ABC):
+    @abstractmethod
+    def wait(self) -> JobResult:
+        """Block until the job ends (or is killed at its deadline)."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Stop the job now; `wait` then reports it interrupted."""
+
+
+class Executor(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def slots(self) -> list[Slot]:
+        ...
+
+    @abstractmethod
+    def start(self, job: Job, slot: Slot) -> JobHandle:
+        ...
+
+    def run(self, job: Job, slot: Slot) -> JobResult:
+        handle = self.start(job, slot)
+        try:
+            return handle.wait()
+        except BaseException:
+            handle.cancel()
+            raise
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {}
+
+
+def register(name: str):
+    def decorate(cls):
+        cls.name = name
+        EXECUTORS[name] = cls
+        return cls
+    return decorate
+
+
+# ---------------------------------------------------------------------------- local
+
+
+class _LocalHandle(JobHandle):
+    def __init__(self, job: Job):
+        self.job = job
+        job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
+        with open(job.log_path, "ab") as log:
+            self.process = subprocess.Popen(job.argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.cancelled = False
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _reap(self, block: bool) -> Optional[tuple[int, float]]:
+        """(exit code, peak RSS in MB) once the process has ended, else None."""
+        try:
+            pid, status, usage = os.wait4(self.process.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return (self.process.returncode if self.process.returncode is not None else -1, 0.0)
+        if pid == 0:
+            return None
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        scale = 1 / 1024 / 1024 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, KiB on Linux
+        return self.process.returncode, usage.ru_maxrss * scale
+
+    def _kill(self) -> tuple[int, float]:
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        while (done := self._reap(block=False)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._signal_group(signal.SIGKILL)
+        return done or self._reap(block=True)
+
+    def wait(self) -> JobResult:
+        deadline = self.started + self.job.timeout
+        pause = 0.002
+        timed_out = False
+        while (done := self._reap(block=False)) is None:
+            if self.cancelled or time.monotonic() >= deadline:
+                timed_out = not self.cancelled
+                done = self._kill()
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        self._signal_group(signal.SIGKILL)  # whatever the job left behind in its group dies with it
+        return JobResult(exit_code=done[0], seconds=time.monotonic() - self.started, timed_out=timed_out, interrupted=self.cancelled,
+                         peak_rss_mb=done[1] or None)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.process.returncode is None:
+            self._kill()
+
+
+@register("local")
+class LocalExecutor(Executor):
+    """Child processes on this machine: one slot per visible GPU, or one CPU slot."""
+
+    def __init__(self, device: str = "auto", workers: Optional[int] = None):
+        self._slots = local_slots(device, workers)
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots)
+
+    def start(self, job: Job, slot: Slot) -> JobHandle:
+        return _LocalHandle(job)
+
+
+def local_slots(device: str, workers: Optional[int]) -> list[Slot]:
+    cpus = os.cpu_count() or 1
+    gpus = _visible_gpus() if device in ("auto", "cuda") else 0
+    if gpus:
+        count = workers or gpus
+        return [Slot(f"gpu{i}", f"cuda:{i % gpus}", max(1, cpus // count)) for i in range(count)]
+    count = workers or 1  # "auto" stays auto: the run itself picks Apple's GPU or the CPU
+    return [Slot(f"cpu{i}", device, max(1, cpus // count)) for i in range(count)]
+
+
+def _visible_gpus() -> int:
+    """Number of CUDA devices, without importing torch into the harness (it costs seconds)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))

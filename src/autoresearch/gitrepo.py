@@ -1,0 +1,135 @@
+"""Every git operation the harness makes, behind one small class (real git, via subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+# Harness commits carry this identity unless the user's environment names one.
+_IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
+             "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost"}
+
+
+class GitError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Change:
+    status: str  # A (added), M (modified), D (deleted), T (type changed)
+    path: str
+
+
+class Git:
+    """A repository (or one of its worktrees) at `root`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _exec(self, *args: str, input: Optional[str] = None) -> subprocess.CompletedProcess:
+        env = {**_IDENTITY, **os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+        return subprocess.run(["git", "-C", str(self.root), *args], input=input, capture_output=True,
+                              text=True, env=env)
+
+    def run(self, *args: str, input: Optional[str] = None, check: bool = True) -> str:
+        result = self._exec(*args, input=input)
+        if check and result.returncode != 0:
+            raise GitError(f"git {' '.join(args)} failed in {self.root}: {result.stderr.strip() or result.stdout.strip()}")
+        return result.stdout
+
+    # ---------------------------------------------------------------- repository
+
+    @staticmethod
+    def init(root: Path) -> "Git":
+        Path(root).mkdir(parents=True, exist_ok=True)
+        git = Git(root)
+        git.run("init", "-q")
+        git.run("checkout", "-q", "-b", "main", check=False)
+        return git
+
+    def is_repo(self) -> bool:
+        return self.run("rev-parse", "--is-inside-work-tree", check=False).strip() == "true"
+
+    def toplevel(self) -> Path:
+        return Path(self.run("rev-parse", "--show-toplevel").strip())
+
+    def commit_all(self, message: str) -> str:
+        self.run("add", "-A")
+        self.run("commit", "-q", "--no-verify", "-m", message)
+        return self.head()
+
+    def head(self) -> str:
+        return self.run("rev-parse", "HEAD").strip()
+
+    def resolve(self, ref: str) -> Optional[str]:
+        out = self.run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False).strip()
+        return out or None
+
+    def update_ref(self, ref: str, new: str, old: Optional[str] = None) -> None:
+        """Point `ref` at `new`; with `old`, only if it still points there (compare-and-swap)."""
+        self.run("update-ref", ref, new, *([old] if old else []))
+
+    def exclude(self, pattern: str) -> None:
+        """Make git ignore `pattern` in this repository without touching tracked files."""
+        info = Path(self.run("rev-parse", "--git-common-dir").strip())
+        if not info.is_absolute():
+            info = self.root / info
+        exclude = info / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        lines = exclude.read_text().splitlines() if exclude.exists() else []
+        if pattern not in lines:
+            exclude.write_text("\n".join([*lines, pattern]) + "\n")
+
+    def dirty_paths(self) -> list[str]:
+        out = self.run("status", "--porcelain", "-z", "--untracked-files=no")
+        return [entry[3:] for entry in out.split("\0") if entry]
+
+    def show(self, commit: str, path: str) -> Optional[str]:
+        result = self._exec("show", f"{commit}:{path}")
+        return result.stdout if result.returncode == 0 else None
+
+    def files(self, commit: str) -> list[str]:
+        return [p for p in self.run("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if p]
+
+    def diff(self, old: str, new: str) -> str:
+        return self.run("diff", old, new)
+
+    # ---------------------------------------------------------------- worktrees
+
+    def add_worktree(self, path: Path, commit: str) -> "Git":
+        """A fresh detached worktree at `path` (an old one there is removed first)."""
+        path = Path(path)
+        self.run("worktree", "remove", "--force", str(path), check=False)
+        if path.exists():
+            import shutil
+            shutil.rmtree(path)
+        self.run("worktree", "prune")
+        self.run("worktree", "add", "-q", "--detach", "--force", str(path), commit)
+        return Git(path)
+
+    def reset_to(self, commit: str) -> None:
+        """Make this worktree exactly `commit`: tracked files restored, untracked files removed."""
+        lock = Path(self.run("rev-parse", "--git-dir").strip())
+        lock = (lock if lock.is_absolute() else self.root / lock) / "index.lock"
+        if lock.exists():  # left by a git process killed with the harness; these worktrees are ours alone
+            lock.unlink()
+        self.run("checkout", "-q", "--detach", "--force", commit)
+        self.run("clean", "-q", "-fdx")
+
+    def stage_changes(self) -> list[Change]:
+        """Stage everything in the worktree and list what differs from HEAD."""
+        self.run("add", "-A")
+        out = self.run("diff", "--cached", "--name-status", "--no-renames", "-z").split("\0")
+        return [Change(status[0], path) for status, path in zip(out[0::2], out[1::2]) if status]
+
+    def staged_diff(self) -> tuple[str, int, int]:
+        """The staged change as a unified diff, with lines added and removed."""
+        added = removed = 0
+        for line in self.run("diff", "--cached", "--numstat", "--no-renames").splitlines():
+            a, r, _ = line.split("\t", 2)
+            added += int(a) if a.isdigit() else 0
+            removed += int(r) if r.isdigit() else 0
+        return self.run("diff", "--cached", "--no-renames"), added, removed

@@ -1,0 +1,85 @@
+"""What happened, as plain immutable data: experiment and run records and their states.
+
+The ledger stores these; everything that reads the ledger (status, export, agents' memory,
+reports) works on them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class State(str, enum.Enum):
+    """An experiment's state. The first two are transient; the rest are final."""
+
+    PROPOSED = "proposed"
+    RUNNING = "running"
+    BASELINE = "baseline"
+    KEPT = "kept"
+    DISCARDED = "discarded"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def final(self) -> bool:
+        return self not in (State.PROPOSED, State.RUNNING)
+
+
+class RunState(str, enum.Enum):
+    OK = "ok"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One execution of the target for one experiment and one seed."""
+
+    experiment_id: int
+    seed: int
+    state: RunState
+    metric: Optional[float]
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of all the run's commands
+    peak_memory_mb: Optional[float] = None
+    exit_code: Optional[int] = None
+    reason: str = ""
+    log_tail: str = ""
+    log_path: str = ""
+    id: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One proposal applied as one commit on a parent commit, with its outcome."""
+
+    id: int
+    tag: str
+    index: int  # position within the tag's history; the baseline is 0
+    state: State
+    parent: Optional[str]
+    commit: Optional[str]
+    description: str
+    agent: str
+    diff: str = ""
+    lines_added: int = 0
+    lines_removed: int = 0
+    reason: str = ""
+    knobs: dict = field(default_factory=dict)
+    metric: Optional[float] = None
+    seconds: Optional[float] = None
+    session_id: Optional[int] = None
+    created_at: float = 0.0
+    finished_at: Optional[float] = None
+    runs: tuple = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether it produced a metric that can be compared."""
+        return self.metric is not None and math.isfinite(self.metric)

@@ -1,0 +1,148 @@
+"""One run: the target's train command, then its evaluate command, then the metric read back.
+
+The run sees a scrubbed environment (an allow-list: no API keys or cloud credentials reach
+training code), only the training part of the data, and an empty output directory. Its state is
+decided here: ok, crashed (non-zero exit, no metric, NaN), timeout, or interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .budget import Budget
+from .executor import Executor, Job, JobResult, Slot
+from .records import RunRecord, RunState
+from .target import Target, cache_dir, command_argv
+
+# Variables a training process may see, by exact name or by prefix. Everything else is dropped.
+ENV_NAMES = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TZ", "TMPDIR", "SHELL", "LD_LIBRARY_PATH",
+             "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CUDA_HOME", "CUDA_PATH", "SYSTEMROOT"}
+ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "ROCM_", "HSA_", "PYTORCH_", "TORCH_",
+                "TORCHINDUCTOR_", "TRITON_", "OMP_", "MKL_", "KMP_", "XDG_")
+LOG_TAIL_CHARS = 4000
+_NUMBER_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|-inf)\s*$",
+                          re.MULTILINE | re.IGNORECASE)
+
+
+def scrubbed_environ(environ: Optional[dict] = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs; the run's files go to `directory`."""
+
+    experiment_id: int
+    worktree: Path
+    seed: int
+    budget: Budget
+    timeout: float
+    directory: Path
+    split: str = "val"
+
+
+def reported_numbers(text: str) -> dict[str, float]:
+    """Every `key: number` line of a log, the last value of each key winning."""
+    return {key: float(value) for key, value in _NUMBER_LINE.findall(text)}
+
+
+class Runner:
+    def __init__(self, target: Target, executor: Executor):
+        self.target = target
+        self.executor = executor
+
+    def env(self, spec: RunSpec, slot: Slot, out: Path, data: Path) -> dict[str, str]:
+        env = scrubbed_environ()
+        env.update(spec.budget.env())
+        env.update({
+            "AUTORESEARCH_DATA": str(data),
+            "AUTORESEARCH_OUT": str(out),
+            "AUTORESEARCH_SEED": str(spec.seed),
+            "AUTORESEARCH_DEVICE": slot.device,
+            "AUTORESEARCH_THREADS": str(slot.threads),
+            "AUTORESEARCH_SPLIT": spec.split,
+            "AUTORESEARCH_CACHE": str(cache_dir()),
+            "OMP_NUM_THREADS": str(slot.threads),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        })
+        return env
+
+    def run(self, spec: RunSpec, slot: Slot) -> RunRecord:
+        config = self.target.config
+        out = spec.directory / "out"
+        log = spec.directory / "log.txt"
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+
+        def job(command: str, data: Path) -> JobResult:
+            with open(log, "a") as handle:
+                handle.write(f"==> {command}\n")
+            return self.executor.run(Job(command_argv(command), spec.worktree, self.env(spec, slot, out, data),
+                                         spec.timeout, log), slot)
+
+        result = job(config.commands.train, self.target.data / "train")
+        peak = result.peak_rss_mb
+        state, reason = _judge_exit("train", result, spec)
+        evaluated_from = log.stat().st_size if log.exists() else 0
+        if state is RunState.OK and config.commands.evaluate:
+            result = job(config.commands.evaluate, self.target.data)
+            peak = max(peak or 0, result.peak_rss_mb or 0) or None
+            state, reason = _judge_exit("evaluate", result, spec)
+
+        text = log.read_text(errors="replace") if log.exists() else ""
+        metrics = reported_numbers(text)
+        metric = None
+        if state is RunState.OK:
+            metric, reason = self._read_metric(out, text[evaluated_from:] if config.commands.evaluate else text)
+            metrics.update(self._json_numbers(out))
+            if metric is None or not math.isfinite(metric):
+                state = RunState.CRASHED
+                reason = reason or f"{config.metric.name} is {metric}"
+                metric = None
+        for weights in out.glob("*.pt"):  # weights are large and a run is cheap to repeat
+            weights.unlink()
+        return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=state, metric=metric,
+                         metrics=metrics, seconds=time.monotonic() - started,
+                         peak_memory_mb=metrics.get("peak_memory_mb") or peak, exit_code=result.exit_code,
+                         reason=reason, log_tail=text[-LOG_TAIL_CHARS:], log_path=str(log))
+
+    def _read_metric(self, out: Path, text: str) -> tuple[Optional[float], str]:
+        metric = self.target.config.metric
+        if metric.source == "stdout":
+            value = reported_numbers(text).get(metric.name)
+            return value, "" if value is not None else f"no '{metric.name}: <number>' line in the output"
+        numbers = self._json_numbers(out)
+        if metric.name in numbers:
+            return numbers[metric.name], ""
+        return None, f"{metric.file} in the run's output has no number '{metric.name}'"
+
+    def _json_numbers(self, out: Path) -> dict[str, float]:
+        if self.target.config.metric.source != "json":
+            return {}
+        try:
+            data = json.loads((out / self.target.config.metric.file).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _judge_exit(step: str, result: JobResult, spec: RunSpec) -> tuple[RunState, str]:
+    if result.interrupted:
+        return RunState.INTERRUPTED, f"{step} interrupted"
+    if result.timed_out:
+        return RunState.TIMEOUT, (f"{step} killed after {result.seconds:.1f}s: over the hard limit of "
+                                  f"{spec.timeout:.0f}s for budget {spec.budget}")
+    if result.exit_code != 0:
+        return RunState.CRASHED, f"{step} exited with code {result.exit_code}"
+    return RunState.OK, ""
