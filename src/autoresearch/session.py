@@ -61,6 +61,8 @@ class Session:
         git = target.git
         if not git.is_repo():
             raise SessionError(f"{target.root} is not a git repository (run `git init` and commit the target first)")
+        if target.config.commands.prepare and not target.data.is_dir():
+            raise SessionError(f"no prepared data in {target.data}: run `autoresearch prepare` first")
         git.exclude(f"/{target.state.name}/")
         ledger = Ledger(target.ledger_path)
         tag = tag or ledger.latest_tag() or default_tag()

@@ -1,0 +1,66 @@
+"""`autoresearch demo`: the whole loop, offline, on the built-in GPT target, in a few minutes on a CPU.
+
+init + prepare + run with the offline search agent, then what happened. So that a handful of
+experiments can show the loop finding a real improvement, the demo starts from a deliberately
+untuned point (`UNTUNED`, committed as its own change); the target's own defaults stay tuned.
+Running the demo again in the same directory continues its research.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from . import knobs
+from .budget import Budget
+from .config import CONFIG_FILE
+from .target import Target, init
+
+TAG = "demo"
+UNTUNED = {"MATRIX_LR": 0.002}  # 10x below the tuned default: the search has something real to find
+
+
+def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str]) -> int:
+    from .cli import prepare, run_session
+    from .ledger import Ledger
+    from .status import render, status_dict
+
+    if (directory / CONFIG_FILE).exists():
+        print(f"continuing the demo in {directory}")
+    else:
+        init(directory, "gpt")
+        _untune(directory)
+        print(f"created {directory}: the built-in gpt target, started from an untuned point "
+              f"({', '.join(f'{k} = {v}' for k, v in UNTUNED.items())})")
+    target = Target.open(directory)
+    if prepare(target, data) != 0:
+        if data in (None, "shakespeare"):
+            print("could not fetch the Shakespeare corpus; the demo goes on with the stdlib corpus (no download)")
+            if prepare(target, "stdlib") != 0:
+                return 1
+        else:
+            return 1
+    code = run_session(target, "search", {}, experiments, budget, TAG, None)
+    if code != 0:
+        return code
+    status = status_dict(Ledger(target.ledger_path), TAG, target.config)
+    print()
+    print(render(status))
+    print()
+    print(f"Every experiment is in {target.ledger_path}; the kept chain is the branch {status['branch']}:")
+    print(f"  git -C {directory} log --oneline {status['branch']}")
+    print(f"  autoresearch status -C {directory}      autoresearch export -C {directory} --tsv results.tsv")
+    return 0
+
+
+def _untune(directory: Path) -> None:
+    from .gitrepo import Git
+
+    path = directory / "train.py"
+    source = path.read_text()
+    changes = []
+    for name, value in UNTUNED.items():
+        changes.append(f"{name} {knobs.format_value(knobs.read(source, name))} -> {knobs.format_value(value)}")
+        source = knobs.set_value(source, name, value)
+    path.write_text(source)
+    Git(directory).commit_all(f"demo: start from an untuned point ({', '.join(changes)})")
