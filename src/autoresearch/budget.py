@@ -31,10 +31,10 @@ class Budget:
             unit, value = "seconds", value * 60
         elif unit == "hours":
             unit, value = "seconds", value * 3600
-        if value <= 0:
-            raise ValueError(f"budget {spec!r} must be positive")
         if unit in ("steps", "tokens"):
             value = float(int(value))
+        if value <= 0:
+            raise ValueError(f"budget {spec!r} must be positive")
         return cls(unit, value)
 
     def __str__(self) -> str:

@@ -107,7 +107,10 @@ def run_session(target: Target, agent_name: str, agent_options: dict, experiment
         session = Session.open(target, agent, agent_name, executor, tag=tag, budget=budget)
         print(f"session {session.session_id} on {session.branch}: agent {agent_name}, budget {session.budget}, "
               f"slot {executor.slots()[0].name}")
-        reason = session.run(experiments)
+        try:
+            reason = session.run(experiments)
+        finally:
+            session.close()
     except SessionError as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 1

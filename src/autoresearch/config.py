@@ -109,7 +109,7 @@ class Knob(_Section):
                 raise ValueError("a choice knob needs a non-empty 'choices' list")
         else:
             if self.low is None or self.high is None or not self.low < self.high:
-                raise ValueError(f"a {self.type} knob needs 'low' < 'high'")
+                raise ValueError(f"{'an' if self.type == 'int' else 'a'} {self.type} knob needs 'low' < 'high'")
             if self.log and self.low <= 0:
                 raise ValueError("a log-scale knob needs 'low' > 0")
         return self
@@ -129,9 +129,11 @@ class Config(_Section):
     def _knobs_are_editable(self) -> "Config":
         from fnmatch import fnmatch
 
-        for knob in self.knobs:
+        for i, knob in enumerate(self.knobs):
             if not any(fnmatch(knob.file, pattern) for pattern in self.files.editable):
-                raise ValueError(f"knob {knob.name}: file {knob.file!r} is not among files.editable")
+                # a model-level error has no location of its own, so the message names the key
+                raise ValueError(f"knobs.{i}.file: knob {knob.name}'s file {knob.file!r} must match one of "
+                                 f"files.editable ({', '.join(self.files.editable)})")
         return self
 
     @property
@@ -160,7 +162,7 @@ def load(root: Path) -> Config:
 def format_errors(path: Path, exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
@@ -168,5 +170,5 @@ def format_errors(path: Path, exc: ValidationError) -> str:
             message = "required key is missing"
         got = error.get("input")
         shown = "" if error["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{path}: {key}: {message}{shown}")
+        lines.append(f"{path}: {key + ': ' if key else ''}{message}{shown}")
     return "\n".join(lines)

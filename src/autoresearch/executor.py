@@ -37,6 +37,7 @@ class Job:
     env: dict[str, str]
     timeout: float
     log_path: Path
+    pid_file: Optional[Path] = None  # names the job's process group while it runs (see kill_leftovers)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class _LocalHandle(JobHandle):
             self.process = subprocess.Popen(job.argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.cancelled = False
+        if job.pid_file:
+            job.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            job.pid_file.write_text(f"{self.process.pid} {_start_time(self.process.pid)}")
 
     def _signal_group(self, sig: int) -> None:
         try:
@@ -140,6 +144,8 @@ class _LocalHandle(JobHandle):
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
         self._signal_group(signal.SIGKILL)  # whatever the job left behind in its group dies with it
+        if self.job.pid_file:
+            self.job.pid_file.unlink(missing_ok=True)
         return JobResult(exit_code=done[0], seconds=time.monotonic() - self.started, timed_out=timed_out, interrupted=self.cancelled,
                          peak_rss_mb=done[1] or None)
 
@@ -161,6 +167,39 @@ class LocalExecutor(Executor):
 
     def start(self, job: Job, slot: Slot) -> JobHandle:
         return _LocalHandle(job)
+
+
+def kill_leftovers(directory: Path) -> list[int]:
+    """Kill the process groups of jobs whose harness died (SIGKILL) while they ran.
+
+    Their pid files survive the harness; a pid counts only while it still names the same process
+    (same start time), so a reused pid is never hit.
+    """
+    killed = []
+    for pid_file in Path(directory).glob("*.pid"):
+        try:
+            pid, started = pid_file.read_text().split()
+            if _start_time(int(pid)) == started:
+                os.killpg(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+        pid_file.unlink(missing_ok=True)
+    return killed
+
+
+def _start_time(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot on Linux; elsewhere the group it leads)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except OSError:
+        try:
+            return f"group{os.getpgid(pid)}"
+        except OSError:
+            return "gone"
+    except IndexError:
+        return "unknown"
 
 
 def local_slots(device: str, workers: Optional[int]) -> list[Slot]:

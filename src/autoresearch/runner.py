@@ -87,7 +87,7 @@ class Runner:
             with open(log, "a") as handle:
                 handle.write(f"==> {command}\n")
             return self.executor.run(Job(command_argv(command), spec.worktree, self.env(spec, slot, out, data),
-                                         spec.timeout, log), slot)
+                                         spec.timeout, log, self.target.pids / f"{slot.name}.pid"), slot)
 
         result = job(config.commands.train, self.target.data / "train")
         peak = result.peak_rss_mb

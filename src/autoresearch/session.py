@@ -8,17 +8,18 @@ moment (SIGKILL included) resumes with nothing lost and nothing counted twice.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import IO, Callable, Optional
 
 from . import judge, knobs as knob_values, scope
 from .agents import Agent, AgentExhausted, Context, Proposal, ProposalError
 from .budget import Budget
-from .executor import Executor, Slot
+from .executor import Executor, Slot, kill_leftovers
 from .gitrepo import Git
 from .ledger import Ledger
 from .records import Experiment, RunState, State
@@ -30,6 +31,24 @@ MAX_AGENT_FAILURES = 5  # consecutive agent errors before the session pauses ins
 
 class SessionError(Exception):
     """The session cannot start or go on; the message says why and what to do."""
+
+
+def _lock(path: Path) -> IO:
+    """An exclusive lock on the target: two sessions would share worktrees and fight over the branch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise SessionError(f"another autoresearch session ({holder}) is running on this target") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
 
 
 def default_tag() -> str:
@@ -48,6 +67,7 @@ class Session:
     seeds: list[int]
     say: Callable[[str], None] = print
     session_id: Optional[int] = None
+    lock: Optional[IO] = None  # held while the session lives; the OS releases it if the process dies
 
     @property
     def branch(self) -> str:
@@ -64,13 +84,18 @@ class Session:
         if target.config.commands.prepare and not target.data.is_dir():
             raise SessionError(f"no prepared data in {target.data}: run `autoresearch prepare` first")
         git.exclude(f"/{target.state.name}/")
+        lock = _lock(target.state / "session.lock")
         ledger = Ledger(target.ledger_path)
         tag = tag or ledger.latest_tag() or default_tag()
         session = cls(target, ledger, agent, agent_name, executor, tag, budget or target.config.default_budget(),
-                      list(target.config.run.seeds), say)
-        session._ensure_tag()
-        session._recover()
-        session.session_id = ledger.start_session(tag, agent_name, str(session.budget), sys.argv, os.getpid())
+                      list(target.config.run.seeds), say, lock=lock)
+        try:
+            session._ensure_tag()
+            session._recover()
+            session.session_id = ledger.start_session(tag, agent_name, str(session.budget), sys.argv, os.getpid())
+        except BaseException:
+            session.close()
+            raise
         return session
 
     def _ensure_tag(self) -> None:
@@ -88,12 +113,14 @@ class Session:
         if watched:
             raise SessionError(f"uncommitted changes in {', '.join(watched)}: research starts from a commit, "
                                "so commit or stash them first")
+        self.ledger.create_tag(self.tag, self.branch, base)  # the ledger first: _recover makes the branch
         git.update_ref(f"refs/heads/{self.branch}", base)
-        self.ledger.create_tag(self.tag, self.branch, base)
         self.say(f"new research line {self.tag!r}: branch {self.branch} from {base[:9]}")
 
     def _recover(self) -> None:
         """Make the ledger and git agree after any stop, clean or not."""
+        for pid in kill_leftovers(self.target.pids):
+            self.say(f"killed process group {pid}: a run left behind by a harness that was killed")
         for experiment_id in self.ledger.interrupt_unfinished(self.tag, "the harness stopped while it ran"):
             experiment = self.ledger.experiment(experiment_id)
             self.say(f"#{experiment.index} was left unfinished by a stopped harness: recorded as interrupted")
@@ -148,12 +175,18 @@ class Session:
         finally:
             self.ledger.end_session(self.session_id, reason)
 
+    def close(self) -> None:
+        self.ledger.close()
+        if self.lock:
+            self.lock.close()
+
     def _run_baseline(self, worktree: Git, slot: Slot) -> Experiment:
         commit = self.ledger.tag(self.tag)["base_commit"]
         worktree.reset_to(commit)
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=None, commit=commit,
             description="baseline", agent="harness", knobs=self._knob_values(worktree.root))
+        self.target.git.update_ref(self._experiment_ref(experiment), commit)
         self.say(f"#{experiment.index} baseline {commit[:9]} ({self.budget}, seeds {self.seeds})")
         return self._execute(experiment, worktree, slot, best=None)
 

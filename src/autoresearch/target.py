@@ -50,6 +50,10 @@ class Target:
         return self.state / "worktrees"
 
     @property
+    def pids(self) -> Path:
+        return self.state / "pids"
+
+    @property
     def ledger_path(self) -> Path:
         return self.state / "ledger.sqlite"
 
