@@ -1,6 +1,7 @@
 """The loop end to end on the toy target: run, status, export and resume, with real git and SQLite."""
 
 import json
+import os
 import re
 
 import pytest
@@ -251,3 +252,20 @@ def test_search_agent_resumed_in_a_new_process_never_repeats_a_configuration(toy
     configurations = [tuple(sorted(e.knobs.items())) for e in experiments if e.knobs]
     assert len(configurations) == 9
     assert len(set(configurations)) == len(configurations)
+
+
+def test_a_second_session_on_the_same_target_is_refused(toy):
+    from autoresearch import agents
+    from autoresearch.executor import LocalExecutor
+    from autoresearch.session import Session
+    from autoresearch.target import Target
+
+    first = Session.open(Target.open(toy.root), agents.create("search"), "search", LocalExecutor(), tag=TAG,
+                         say=lambda line: None)
+    try:
+        result = run_cli("run", "-C", toy.root, "--tag", TAG, "--experiments", "0")
+        assert result.code == 1
+        assert f"another autoresearch session (pid {os.getpid()}) is running" in result.err
+    finally:
+        first.close()
+    assert run_cli("run", "-C", toy.root, "--tag", TAG, "--experiments", "0").code == 0
