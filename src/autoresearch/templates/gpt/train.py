@@ -1,0 +1,351 @@
+"""
+Pretrain a small GPT on the prepared training split under a fixed budget.
+
+This is the file the agent edits. The harness runs it, then measures the saved model with
+evaluate.py (which imports build_model from here). By hand:
+
+    AUTORESEARCH_BUDGET_SECONDS=60 python train.py   # data from .autoresearch/data/train
+
+Importing this file only defines things; training runs under `if __name__ == "__main__"`.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sampler import batches
+
+# ----------------------------------------------------------------------------
+# Hyperparameters. A value, or a {device type: value} dict for what depends on the machine.
+
+DEPTH = {"cpu": 2, "mps": 4, "cuda": 6}      # transformer layers: the one complexity dial
+ASPECT = 64               # model width = DEPTH * ASPECT, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = {"cpu": 32, "mps": 64, "cuda": 128}   # channels per attention head
+SEQ_LEN = {"cpu": 128, "mps": 256, "cuda": 512}  # context length in tokens (also used by the evaluator)
+BATCH_SIZE = {"cpu": 16, "mps": 32, "cuda": 64}  # sequences per optimizer step
+SOFTCAP = 15.0            # logits are squashed into (-SOFTCAP, SOFTCAP) with tanh
+
+MATRIX_LR = 0.04          # Muon learning rate for the 2D weights inside the blocks
+EMBEDDING_LR = 0.3        # AdamW learning rate for the token embedding (at width 768)
+UNEMBEDDING_LR = 0.004    # AdamW learning rate for the output head (at width 768)
+SCALAR_LR = 0.5           # AdamW learning rate for the per-layer scalars
+WEIGHT_DECAY = 0.0        # decoupled weight decay of the Muon matrices
+ADAM_BETAS = (0.8, 0.95)  # AdamW betas
+MUON_MOMENTUM = 0.95      # Muon momentum (ramped up from 0.85 over the first 300 steps)
+WARMUP_FRAC = 0.0         # fraction of the budget spent ramping the learning rates up
+WARMDOWN_FRAC = 0.5       # fraction of the budget at the end spent decaying them to FINAL_LR_FRAC
+FINAL_LR_FRAC = 0.0       # learning-rate multiplier at the very end
+
+COMPILE = {"cpu": False, "mps": False, "cuda": True}  # torch.compile the model
+UNTIMED_STEPS = {"cpu": 2, "mps": 5, "cuda": 10}      # first steps not counted against a seconds budget
+
+# ----------------------------------------------------------------------------
+# Model: rotary attention with QK-norm, ReLU^2 MLP, RMSNorm, untied embeddings, soft-capped logits
+
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(seq_len, head_dim, base=10000.0):
+    freqs = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), freqs)
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # [1, T, 1, head_dim/2]
+
+
+def rotate(x, cos, sin):  # x: [B, T, H, D]; rotate each pair (x1_i, x2_i) by its position's angle
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.n_head = n_head
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, C = x.shape
+        q, k, v = (lin(x).view(B, T, self.n_head, C // self.n_head) for lin in (self.q, self.k, self.v))
+        q, k = rotate(norm(q), cos, sin).to(v.dtype), rotate(norm(k), cos, sin).to(v.dtype)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, 4 * dim, bias=False)
+        self.proj = nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, x):
+        return self.proj(F.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.attn = Attention(dim, n_head)
+        self.mlp = MLP(dim)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(norm(x), cos, sin)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab_size, sequence_len, depth, model_dim, n_head, softcap):
+        super().__init__()
+        self.softcap = softcap
+        self.wte = nn.Embedding(vocab_size, model_dim)
+        self.blocks = nn.ModuleList(Block(model_dim, n_head) for _ in range(depth))
+        self.x0_gates = nn.Parameter(torch.zeros(depth))  # how much of the embedding each layer re-reads
+        self.lm_head = nn.Linear(model_dim, vocab_size, bias=False)
+        cos, sin = rotary_tables(sequence_len, model_dim // n_head)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        for block in self.blocks:
+            for lin in (block.attn.q, block.attn.k, block.attn.v, block.mlp.fc):
+                bound = (3 / lin.in_features) ** 0.5  # uniform with unit-variance outputs
+                nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.zeros_(block.attn.proj.weight)  # every block starts as the identity
+            nn.init.zeros_(block.mlp.proj.weight)
+
+    def forward(self, idx):
+        T = idx.size(1)
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        x = x0 = norm(self.wte(idx))
+        for gate, block in zip(self.x0_gates, self.blocks):
+            x = block(x + gate * x0, cos, sin)
+        logits = self.lm_head(norm(x)).float()
+        return self.softcap * torch.tanh(logits / self.softcap)
+
+
+def build_model(**model_args):
+    return GPT(**model_args)
+
+
+# ----------------------------------------------------------------------------
+# Optimizer: Muon for the 2D matrices inside the blocks, AdamW for everything else
+
+
+def orthogonalize(g, steps=5):
+    """Newton-Schulz iteration that drives all singular values of g towards 1, keeping its singular vectors."""
+    a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients tuned for fast convergence near 0
+    x = g.bfloat16() if g.device.type == "cuda" else g.float()
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x = x / (x.norm() + 1e-7)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        s = x @ x.mT
+        x = a * x + (b * s + c * s @ s) @ x
+    return (x.mT if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """SGD with Nesterov momentum whose update is orthogonalized before it is applied."""
+
+    def __init__(self, params, lr, momentum, weight_decay):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum" not in state:
+                    state["momentum"] = torch.zeros_like(p)
+                buf = state["momentum"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = orthogonalize(p.grad.lerp(buf, group["momentum"]))
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
+
+
+def make_optimizers(model, model_dim, device):
+    scale = (model_dim / 768) ** -0.5  # AdamW learning rates are set for width 768
+    adamw = torch.optim.AdamW([
+        dict(params=[model.wte.weight], lr=EMBEDDING_LR * scale),
+        dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * scale),
+        dict(params=[model.x0_gates], lr=SCALAR_LR),
+    ], betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0, fused=device.type == "cuda")
+    muon = Muon([p for p in model.blocks.parameters() if p.ndim == 2], lr=MATRIX_LR,
+                momentum=MUON_MOMENTUM, weight_decay=WEIGHT_DECAY)
+    optimizers = [adamw, muon]
+    assert sum(len(g["params"]) for o in optimizers for g in o.param_groups) == len(list(model.parameters()))
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    return optimizers
+
+
+def lr_multiplier(progress):
+    if progress < WARMUP_FRAC:
+        return (progress + 1e-8) / WARMUP_FRAC
+    if progress < 1 - WARMDOWN_FRAC:
+        return 1.0
+    return FINAL_LR_FRAC + (1 - FINAL_LR_FRAC) * (1 - progress) / WARMDOWN_FRAC
+
+
+# ----------------------------------------------------------------------------
+# Setup: device, budget, data
+
+
+def pick_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(name)
+
+
+def read_budget():
+    found = {kind: float(os.environ[f"AUTORESEARCH_BUDGET_{kind}"]) for kind in ("SECONDS", "STEPS", "TOKENS")
+             if os.environ.get(f"AUTORESEARCH_BUDGET_{kind}")}
+    if len(found) > 1:
+        sys.exit(f"train.py: set only one of AUTORESEARCH_BUDGET_SECONDS/_STEPS/_TOKENS, got {sorted(found)}")
+    return next(iter(found.items())) if found else ("SECONDS", 60.0)
+
+
+def peak_flops(device):
+    """Dense bf16 peak of the GPU, for MFU; 0 where unknown (CPU, MPS, unlisted GPUs)."""
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    table = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12, "3090": 71e12}
+    return next((flops for key, flops in table.items() if key in name), 0.0)
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+    except ImportError:
+        return 0.0
+
+
+def main():
+    t_start = time.time()
+    data_dir = os.environ.get("AUTORESEARCH_DATA") or os.path.join(".autoresearch", "data", "train")
+    out_dir = os.environ.get("AUTORESEARCH_OUT") or os.path.join(".autoresearch", "out")
+    seed = int(os.environ.get("AUTORESEARCH_SEED") or 0)
+    device = pick_device(os.environ.get("AUTORESEARCH_DEVICE") or "auto")
+    if device.type == "cpu" and os.environ.get("AUTORESEARCH_THREADS"):
+        torch.set_num_threads(int(os.environ["AUTORESEARCH_THREADS"]))
+    torch.set_flush_denormal(True)  # tiny floats are very slow on x86 CPUs
+    budget_kind, budget = read_budget()
+    preset = lambda value: value[device.type] if isinstance(value, dict) else value
+    depth, head_dim, seq_len, batch_size = preset(DEPTH), preset(HEAD_DIM), preset(SEQ_LEN), preset(BATCH_SIZE)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    with open(os.path.join(data_dir, "meta.json")) as f:
+        vocab_size = json.load(f)["vocab_size"]
+    model_dim = math.ceil(depth * ASPECT / head_dim) * head_dim
+    model_args = dict(vocab_size=vocab_size, sequence_len=seq_len, depth=depth, model_dim=model_dim,
+                      n_head=model_dim // head_dim, softcap=SOFTCAP)
+    raw_model = build_model(**model_args).to(device)
+    model = torch.compile(raw_model) if preset(COMPILE) else raw_model
+    adamw, muon = optimizers = make_optimizers(raw_model, model_dim, device)
+    num_params = sum(p.numel() for p in raw_model.parameters())
+    matrix_params = sum(p.numel() for p in raw_model.blocks.parameters())
+    flops_per_token = 6 * matrix_params + 6 * vocab_size * model_dim + 12 * depth * model_dim * seq_len
+    data = batches(data_dir, batch_size, seq_len, device, seed)
+    tokens_per_step = batch_size * seq_len
+    print(f"device: {device} | budget: {budget:g} {budget_kind.lower()} | params: {num_params / 1e6:.2f}M | "
+          f"depth {depth} width {model_dim} | batch {batch_size} x {seq_len} tokens")
+
+    # ----------------------------------------------------------------------------
+    # Training loop: runs until the budget is spent; the schedule follows the fraction used
+
+    step, tokens, training_time, smooth_loss, logged = 0, 0, 0.0, 0.0, -1
+    x, y = next(data)
+    while True:
+        used = {"SECONDS": training_time, "STEPS": step, "TOKENS": tokens}[budget_kind]
+        progress = used / budget
+        if progress >= 1:
+            break
+        t0 = time.time()
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * lr_multiplier(progress)
+        muon.param_groups[0]["momentum"] = 0.85 + (MUON_MOMENTUM - 0.85) * min(step / 300, 1)
+        with autocast:
+            logits = model(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        x, y = next(data)  # fetch the next batch while the device works
+        for opt in optimizers:
+            opt.step()
+        raw_model.zero_grad(set_to_none=True)
+        loss_f = loss.item()
+        if not math.isfinite(loss_f) or loss_f > 3 * math.log(vocab_size):
+            sys.exit(f"train.py: training diverged at step {step}: loss {loss_f} (not finite, or above 3x the "
+                     f"loss of a uniform guess); lower the learning rates")
+        dt = time.time() - t0
+        if step >= preset(UNTIMED_STEPS):
+            training_time += dt
+        step, tokens = step + 1, tokens + tokens_per_step
+        smooth_loss = 0.9 * smooth_loss + 0.1 * loss_f
+        if int(progress * 20) > logged or step == 1:
+            logged = int(progress * 20)
+            print(f"step {step:5d} | {100 * progress:5.1f}% | loss {smooth_loss / (1 - 0.9 ** step):.4f} | "
+                  f"lr x{lr_multiplier(progress):.2f} | {tokens_per_step / dt:,.0f} tok/s", flush=True)
+
+    # ----------------------------------------------------------------------------
+    # Save the weights and a summary; the evaluator takes it from here
+
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save({"model_args": model_args, "state_dict": raw_model.state_dict()}, os.path.join(out_dir, "model.pt"))
+    timed_tokens = tokens - min(step, preset(UNTIMED_STEPS)) * tokens_per_step
+    tokens_per_second = timed_tokens / max(training_time, 1e-9)
+    peak = peak_flops(device)
+    summary = {
+        "training_seconds": round(training_time, 2),
+        "total_seconds": round(time.time() - t_start, 2),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "mfu_percent": round(100 * flops_per_token * tokens_per_second / peak, 2) if peak else 0.0,
+        "total_tokens_M": round(tokens / 1e6, 3),
+        "tokens_per_second": round(tokens_per_second),
+        "num_steps": step,
+        "num_params_M": round(num_params / 1e6, 3),
+        "depth": depth,
+        "train_loss": round(smooth_loss / (1 - 0.9 ** max(step, 1)), 4),
+        "device": str(device),
+    }
+    with open(os.path.join(out_dir, "train_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print("---")
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except torch.OutOfMemoryError:
+        sys.exit(f"train.py: out of GPU memory; lower BATCH_SIZE, SEQ_LEN or DEPTH (device: "
+                 f"{os.environ.get('AUTORESEARCH_DEVICE', 'auto')})")

@@ -1,0 +1,237 @@
+"""The built-in gpt target: model properties, the evaluator's arithmetic, and train.py -> evaluate.py end to end.
+
+End-to-end tests copy the template into a temporary worktree and shrink the model by editing the
+constants of train.py textually, as an agent would, then run it on a small stdlib corpus.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoresearch import datasets
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "gpt"
+TINY = {"DEPTH": "1", "ASPECT": "64", "HEAD_DIM": "32", "SEQ_LEN": "32", "BATCH_SIZE": "4"}
+SUMMARY_KEYS = ["training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M",
+                "num_steps", "num_params_M", "depth"]
+
+
+def load_module(path, name):
+    sys.path.insert(0, str(path.parent))  # train.py imports sampler.py from beside it
+    sys.dont_write_bytecode, before = True, sys.dont_write_bytecode  # keep __pycache__ out of the template
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(path.parent))
+        sys.dont_write_bytecode = before
+
+
+def set_constants(path, **values):
+    source = path.read_text()
+    for name, value in values.items():
+        source, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", source, flags=re.MULTILINE)
+        assert n == 1, f"no constant {name} in {path}"
+    path.write_text(source)
+
+
+def tiny_model(seq_len=16):
+    train = load_module(TEMPLATE / "train.py", "gpt_train")
+    torch.manual_seed(0)
+    return train.build_model(vocab_size=257, sequence_len=seq_len, depth=2, model_dim=64, n_head=2, softcap=15.0)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    datasets.prepare(path, source=datasets.Stdlib(max_bytes=300_000), log=lambda m: None)
+    return path
+
+
+@pytest.fixture
+def worktree(tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(TEMPLATE, tree)
+    set_constants(tree / "train.py", **TINY)
+    return tree
+
+
+def run(tree, script, data, out, budget=("STEPS", "3"), seed=0, split="val"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    env.update(AUTORESEARCH_DATA=str(data / "train" if script == "train.py" else data), AUTORESEARCH_OUT=str(out),
+               AUTORESEARCH_SEED=str(seed), AUTORESEARCH_DEVICE="cpu", AUTORESEARCH_THREADS="2",
+               AUTORESEARCH_SPLIT=split, **{f"AUTORESEARCH_BUDGET_{budget[0]}": budget[1]})
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, script], cwd=tree, env=env, capture_output=True, text=True, timeout=120)
+
+
+def train_and_evaluate(tree, data, out, **kwargs):
+    trained = run(tree, "train.py", data, out, **kwargs)
+    assert trained.returncode == 0, trained.stderr
+    evaluated = run(tree, "evaluate.py", data, out)
+    assert evaluated.returncode == 0, evaluated.stderr
+    return trained, evaluated
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    tree = tmp_path_factory.mktemp("tree") / "gpt"
+    shutil.copytree(TEMPLATE, tree)
+    set_constants(tree / "train.py", **TINY)
+    out = tmp_path_factory.mktemp("out")
+    train_result, eval_result = train_and_evaluate(tree, data_dir, out)
+    return tree, out, train_result, eval_result
+
+
+# ----------------------------------------------------------------------------
+# The model
+
+
+def test_model_is_causal():
+    model = tiny_model().eval()
+    with torch.no_grad():  # at init the blocks are the identity (zero output projections): perturb them
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    idx = torch.randint(0, 257, (2, 16))
+    changed = idx.clone()
+    changed[:, 9:] = torch.randint(0, 257, (2, 7))
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    assert torch.equal(a[:, :9], b[:, :9]) or torch.allclose(a[:, :9], b[:, :9], atol=1e-6)
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def test_model_output_shape_and_dtype_on_cpu():
+    model = tiny_model()
+    for length in (16, 5):
+        logits = model(torch.randint(0, 257, (3, length)))
+        assert logits.shape == (3, length, 257) and logits.dtype == torch.float32
+        assert torch.isfinite(logits).all() and logits.abs().max() <= 15.0
+
+
+def test_importing_train_py_only_defines_things(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data here: importing must not try to train
+    train = load_module(TEMPLATE / "train.py", "gpt_train_import")
+    assert callable(train.build_model) and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_model_trains_a_step_on_cuda_in_bf16():
+    model = tiny_model(seq_len=64).cuda()
+    idx = torch.randint(0, 257, (4, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(idx)
+    assert logits.shape == (4, 64, 257) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits.view(-1, 257), idx.view(-1)).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ----------------------------------------------------------------------------
+# The evaluator's arithmetic
+
+
+def test_bits_per_byte_matches_a_hand_computed_value():
+    evaluate = load_module(TEMPLATE / "evaluate.py", "gpt_evaluate")
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [math.log(2), 0.0, 0.0], [0.0, 0.0, 5.0]]])  # [1, 3, V=3]
+    targets = torch.tensor([[1, 0, 2]])
+    token_bytes = torch.tensor([1, 3, 0])  # token 2 is a separator: no bytes, not scored
+    nats, nbytes = evaluate.nats_and_bytes(logits, targets, token_bytes)
+    # position 0: p(1) = 1/3, 3 bytes; position 1: p(0) = 2/4, 1 byte; position 2: separator, skipped
+    assert nats == pytest.approx(math.log(3) + math.log(2)) and nbytes == 4
+    assert evaluate.bits_per_byte(nats, nbytes) == pytest.approx((math.log2(3) + 1) / 4)
+
+
+# ----------------------------------------------------------------------------
+# train.py -> evaluate.py end to end, as subprocesses (marked slow: a few seconds each)
+
+
+@pytest.mark.slow
+def test_train_prints_the_summary_block_and_saves_the_model(trained):
+    tree, out, train_result, _ = trained
+    printed = dict(re.findall(r"^(\w+): (.+)$", train_result.stdout, flags=re.MULTILINE))
+    assert all(key in printed for key in SUMMARY_KEYS) and printed["num_steps"] == "3"
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert checkpoint["model_args"]["sequence_len"] == 32 and checkpoint["state_dict"]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert all(key in summary for key in SUMMARY_KEYS)
+
+
+@pytest.mark.slow
+def test_evaluate_writes_a_finite_val_bpb(trained):
+    _, out, _, eval_result = trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(metrics["val_bpb"]) and 0 < metrics["val_bpb"] < 20
+    assert metrics["num_steps"] == 3 and re.search(r"^val_bpb: [\d.]+$", eval_result.stdout, flags=re.MULTILINE)
+    assert re.search(r"^eval_seconds: [\d.]+$", eval_result.stdout, flags=re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_test_split_writes_test_bpb(trained, data_dir, tmp_path):
+    tree, out, _, _ = trained
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    result = run(tree, "evaluate.py", data_dir, copy, split="test")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert math.isfinite(metrics["test_bpb"]) and "val_bpb" not in metrics and "test_bpb:" in result.stdout
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_for_a_steps_budget(trained, data_dir, tmp_path):
+    tree, out, _, _ = trained
+    train_and_evaluate(tree, data_dir, tmp_path / "again")
+    first = json.loads((out / "metrics.json").read_text())["val_bpb"]
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["val_bpb"] == first
+
+
+@pytest.mark.slow
+def test_tokens_budget_rounds_up_to_whole_steps(worktree, data_dir, tmp_path):
+    result = run(worktree, "train.py", data_dir, tmp_path / "out", budget=("TOKENS", "300"))  # 4 x 32 tokens a step
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["num_steps"] == 3
+
+
+@pytest.mark.slow
+def test_seconds_budget_stops_on_time(worktree, data_dir, tmp_path):
+    result = run(worktree, "train.py", data_dir, tmp_path / "out", budget=("SECONDS", "1.5"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert 1.5 <= summary["training_seconds"] < 10 and summary["num_steps"] > 3
+
+
+@pytest.mark.slow
+def test_diverging_run_fails_fast_with_a_clear_message(worktree, data_dir, tmp_path):
+    set_constants(worktree / "train.py", UNEMBEDDING_LR="1e6", EMBEDDING_LR="1e6")
+    started = time.time()
+    result = run(worktree, "train.py", data_dir, tmp_path / "out", budget=("STEPS", "1000"))
+    assert result.returncode != 0 and "training diverged" in result.stderr
+    assert time.time() - started < 60 and not (tmp_path / "out" / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_rejects_a_model_that_sees_the_future(worktree, data_dir, tmp_path):
+    train_py = worktree / "train.py"
+    train_py.write_text(train_py.read_text().replace("is_causal=True", "is_causal=False"))
+    train_result = run(worktree, "train.py", data_dir, tmp_path / "out", budget=("STEPS", "10"))
+    assert train_result.returncode == 0, train_result.stderr
+    result = run(worktree, "evaluate.py", data_dir, tmp_path / "out")
+    assert result.returncode != 0 and "not causal" in result.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_without_a_model_fails_clearly(worktree, data_dir, tmp_path):
+    result = run(worktree, "evaluate.py", data_dir, tmp_path / "empty")
+    assert result.returncode != 0 and "model.pt not found" in result.stderr
