@@ -55,7 +55,7 @@ def _stop_on_sigterm() -> None:
 def cmd_init(args) -> int:
     from .target import init
 
-    directory = Path(args.directory)
+    directory = args.C / args.directory
     try:
         init(directory, args.template)
     except (FileExistsError, ValueError) as exc:
@@ -166,7 +166,7 @@ def cmd_export(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import demo
 
-    return demo(Path(args.dir), args.experiments, args.budget, args.data)
+    return demo(args.C / args.dir, args.experiments, args.budget, args.data)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -174,7 +174,8 @@ def cmd_demo(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-C", metavar="DIR", default=".", type=Path, help="the target directory (default: here)")
+    common.add_argument("-C", metavar="DIR", default=".", type=Path,
+                        help="run as if started in DIR: the target directory (default: here)")
     top = argparse.ArgumentParser(prog="autoresearch", description="An AI agent researches training code; "
                                   "a trusted harness runs, measures, and keeps or reverts each change.")
     top.add_argument("--version", action="version", version=f"autoresearch {__version__}")
@@ -209,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="research line (default: the latest)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="offline demo: init + prepare + run the search agent on the built-in target")
+    p = sub.add_parser("demo", parents=[common], help="offline demo: init + prepare + run the search agent on the built-in target")
     p.add_argument("--dir", default="autoresearch-demo", help="where to create the demo target")
     p.add_argument("--experiments", type=int, default=6, metavar="N", help="experiments after the baseline")
     p.add_argument("--budget", type=_budget, default=Budget.parse("20s"), metavar="SPEC", help="per-run budget")

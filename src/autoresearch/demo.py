@@ -17,7 +17,7 @@ from .config import CONFIG_FILE
 from .target import Target, init
 
 TAG = "demo"
-UNTUNED = {"MATRIX_LR": 0.002}  # 10x below the tuned default: the search has something real to find
+UNTUNED = {"MATRIX_LR": 0.002}  # 20x below the tuned default: the search has something real to find
 
 
 def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str]) -> int:

@@ -94,6 +94,7 @@ class Runner:
         state, reason = _judge_exit("train", result, spec)
         evaluated_from = log.stat().st_size if log.exists() else 0
         if state is RunState.OK and config.commands.evaluate:
+            (out / config.metric.file).unlink(missing_ok=True)  # only the evaluator may write the metric
             result = job(config.commands.evaluate, self.target.data)
             peak = max(peak or 0, result.peak_rss_mb or 0) or None
             state, reason = _judge_exit("evaluate", result, spec)
