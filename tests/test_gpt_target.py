@@ -208,7 +208,7 @@ def test_seconds_budget_stops_on_time(worktree, data_dir, tmp_path):
     result = run(worktree, "train.py", data_dir, tmp_path / "out", budget=("SECONDS", "1.5"))
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
-    assert 1.5 <= summary["training_seconds"] < 10 and summary["num_steps"] > 3
+    assert 1.5 <= summary["training_seconds"] < 10 and summary["num_steps"] >= 3  # the 2 untimed steps do not count
 
 
 @pytest.mark.slow

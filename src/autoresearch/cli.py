@@ -67,15 +67,19 @@ def cmd_init(args) -> int:
 
 def cmd_prepare(args) -> int:
     target = Target.open(args.C)
-    return prepare(target, args.data, args.vocab)
+    extra = (["--shards", str(args.shards)] if args.shards else []) + (["--max-bytes", args.max_bytes]
+                                                                        if args.max_bytes else [])
+    return prepare(target, args.data, args.vocab, extra)
 
 
-def prepare(target: Target, data: Optional[str] = None, vocab: Optional[int] = None) -> int:
+def prepare(target: Target, data: Optional[str] = None, vocab: Optional[int] = None, extra: list = ()) -> int:
+    """Run the target's prepare command; `--data`, `--vocab` and any further flags are passed on."""
     command = target.config.commands.prepare
     if not command:
         print("this target declares no prepare command; nothing to do")
         return 0
-    argv = command_argv(command) + (["--data", data] if data else []) + (["--vocab", str(vocab)] if vocab else [])
+    argv = (command_argv(command) + (["--data", data] if data else []) + (["--vocab", str(vocab)] if vocab else [])
+            + list(extra))
     env = {**os.environ, "AUTORESEARCH_DATA": str(target.data), "AUTORESEARCH_CACHE": str(cache_dir())}
     target.data.mkdir(parents=True, exist_ok=True)
     code = subprocess.call(argv, cwd=target.root, env=env)
@@ -188,7 +192,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", parents=[common], help="make the data and tokenizer the target needs")
     p.add_argument("--data", help="data source, e.g. shakespeare (default) or stdlib")
-    p.add_argument("--vocab", type=int, help="tokenizer vocabulary size")
+    p.add_argument("--vocab", type=int, help="tokenizer vocabulary size (BPE; default: bytes)")
+    p.add_argument("--shards", type=int, metavar="N", help="hub corpora: how many parquet shards to download")
+    p.add_argument("--max-bytes", metavar="SIZE", help="hub corpora: at most this much text, e.g. 200M, 2G")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("run", parents=[common], help="run (or resume) a research session")

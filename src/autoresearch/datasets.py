@@ -1,20 +1,23 @@
-"""Data sources, the byte tokenizer, and the split/tokenize/write step behind `prepare.py`.
+"""Data sources, and the split/tokenize/write step behind `prepare.py`.
 
 A source fetches raw data into a cache and yields documents as (name, text). `prepare()` drops
 empty and duplicate documents, splits whole documents into train/val/test by a hash of their
-name, tokenizes them and writes the layout the built-in `gpt` target reads:
+name, trains the tokenizer on the train split only (see tokenizer.py), tokenizes every split and
+writes the layout the built-in `gpt` target reads:
 
     <data>/train/train.bin   uint16 tokens, each document preceded by the separator token
     <data>/train/meta.json   what training may know: tokenizer, vocab, train sizes
+    <data>/train/tokenizer.json, <data>/tokenizer.json   the BPE, when --vocab asks for one
     <data>/val.bin, test.bin held-out splits, read only by the trusted evaluator
     <data>/meta.json         everything, including which document went to which split
 
-Run it through the target: `python prepare.py --data shakespeare`.
+Run it through the target: `python prepare.py --data shakespeare [--vocab 4096]`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import subprocess
@@ -27,43 +30,17 @@ from typing import Iterator
 
 import numpy as np
 
-FORMAT = 1                      # bump when the written layout changes: forces a rebuild
-VAL_FRACTION = 0.05             # share of all bytes that goes to val (at least one document)
-TEST_FRACTION = 0.05            # share of all bytes that goes to test (at least one document)
+from autoresearch import hub
+from autoresearch.tokenizer import ByteTokenizer, check_vocab, train_tokenizer
+
+FORMAT = 2                      # bump when the written layout changes: forces a rebuild
+VAL_FRACTION = 0.05             # share of all bytes that goes to val (at least one document) ...
+TEST_FRACTION = 0.05            # ... and to test
+HELD_OUT_MAX_BYTES = 10_000_000  # ... but at most this much text each: ~2M BPE tokens, more than evaluate.py scores
 
 
 class DataError(Exception):
     """A data problem with a message meant for the user (download failed, bad hash, no documents)."""
-
-
-# -----------------------------------------------------------------------------
-# Tokenizer
-
-
-class ByteTokenizer:
-    """Token ids 0..255 are the UTF-8 bytes of the text; 256 separates documents and stands for no bytes."""
-
-    name = "bytes"
-    vocab_size = 257
-    separator = 256
-
-    def encode(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
-
-    def decode(self, ids) -> str:
-        data = bytes(int(i) for i in ids if int(i) != self.separator)
-        return data.decode("utf-8", errors="replace")
-
-    def token_bytes(self) -> list[int]:
-        """How many bytes of text each token id stands for (0 for the separator)."""
-        return [1] * 256 + [0]
-
-
-def get_tokenizer(vocab: int | None = None) -> ByteTokenizer:
-    if vocab not in (None, ByteTokenizer.vocab_size):
-        raise DataError(f"--vocab {vocab}: only the byte tokenizer exists so far; its vocab is "
-                        f"{ByteTokenizer.vocab_size} (leave --vocab out)")
-    return ByteTokenizer()
 
 
 # -----------------------------------------------------------------------------
@@ -80,11 +57,11 @@ class DataSource:
         """Changes whenever the documents would; part of the stamp that decides a rebuild."""
         return "1"
 
-    def fetch(self, cache_dir: Path) -> Path:
-        """Make the raw data available locally (download into cache_dir if needed); return its path."""
+    def fetch(self, cache_dir: Path) -> Path | list[Path]:
+        """Make the raw data available locally (download into cache_dir if needed); return its path(s)."""
         raise NotImplementedError
 
-    def documents(self, path: Path) -> Iterator[tuple[str, str]]:
+    def documents(self, path: Path | list[Path]) -> Iterator[tuple[str, str]]:
         """Yield (document name, text) from what `fetch` returned. Names must be unique."""
         raise NotImplementedError
 
@@ -97,10 +74,15 @@ def register(cls: type[DataSource]) -> type[DataSource]:
     return cls
 
 
-def get_source(name: str) -> DataSource:
+def get_source(name: str, **options) -> DataSource:
+    """The registered source `name`, made with the options that are not None (e.g. shards=2, max_bytes=10**8)."""
     if name not in SOURCES:
         raise DataError(f"unknown data source {name!r}; known: {', '.join(sorted(SOURCES))}")
-    return SOURCES[name]()
+    options = {key: value for key, value in options.items() if value is not None}
+    unknown = sorted(set(options) - set(inspect.signature(SOURCES[name]).parameters))
+    if unknown:
+        raise DataError(f"--data {name} takes no {', '.join('--' + key.replace('_', '-') for key in unknown)}")
+    return SOURCES[name](**options)
 
 
 def sha256_of(path: Path) -> str:
@@ -215,25 +197,78 @@ class Stdlib(DataSource):
             yield name, data.decode("utf-8", errors="replace")
 
 
+class HubSource(DataSource):
+    """A pretraining corpus on the Hugging Face hub (see hub.py): the first `shards` parquet files of
+    `hub.CORPORA[name]`, read in order until `max_bytes` of text. Documents are named by their
+    position in that stream ("000000042"), so their split depends on that alone."""
+
+    def __init__(self, shards: int = 1, max_bytes: int = 200_000_000):
+        if shards < 1 or max_bytes < 1:
+            raise DataError(f"--shards and --max-bytes must be positive, got {shards} and {max_bytes}")
+        self.shards = shards
+        self.max_bytes = max_bytes
+
+    @property
+    def dataset(self) -> hub.HubDataset:
+        return hub.CORPORA[self.name]
+
+    @property
+    def version(self) -> str:
+        d = self.dataset
+        return f"{d.repo}@{d.revision}/{d.subdir} shards={self.shards} max_bytes={self.max_bytes}"
+
+    def fetch(self, cache_dir: Path) -> list[Path]:
+        print(f"fetching {self.shards} shard(s) of {self.dataset.repo} into {cache_dir / 'hub'}")
+        try:
+            return hub.fetch_corpus(self.name, cache_dir, shards=self.shards)
+        except hub.HubError as error:
+            raise DataError(str(error)) from None
+
+    def documents(self, paths: list[Path]) -> Iterator[tuple[str, str]]:
+        try:
+            for index, text in enumerate(hub.iter_texts(paths, self.dataset.column, self.max_bytes)):
+                yield f"{index:09d}", text
+        except hub.HubError as error:
+            raise DataError(str(error)) from None
+
+
+@register
+class Climbmix(HubSource):
+    """NVIDIA's ClimbMix web text, shuffled and resharded (karpathy/climbmix-400b-shuffle)."""
+
+    name = "climbmix"
+
+
+@register
+class FineWebEdu(HubSource):
+    """Educational web pages from FineWeb (HuggingFaceFW/fineweb-edu, the 10B-token sample)."""
+
+    name = "fineweb-edu"
+
+
+@register
+class TinyStories(HubSource):
+    """Short synthetic children's stories (roneneldan/TinyStories, the hub's parquet conversion)."""
+
+    name = "tinystories"
+
+
 # -----------------------------------------------------------------------------
 # Split, tokenize, write
 
 
 def split_documents(sizes: dict[str, int]) -> dict[str, list[str]]:
-    """Assign whole documents to splits: in order of the sha256 of their names, val takes documents
-    until it holds VAL_FRACTION of all bytes, then test likewise, and train gets the rest."""
+    """Assign whole documents to splits: in order of the sha256 of their names, val takes documents until it
+    holds VAL_FRACTION of all bytes (at most HELD_OUT_MAX_BYTES), then test likewise; train gets the rest."""
     if len(sizes) < 3:
         raise DataError(f"need at least 3 non-empty documents to split, got {len(sizes)}")
     total = sum(sizes.values())
+    quota = {"val": min(VAL_FRACTION * total, HELD_OUT_MAX_BYTES),
+             "test": min(TEST_FRACTION * total, HELD_OUT_MAX_BYTES)}
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     held = {"train": 0, "val": 0, "test": 0}
     for name in sorted(sizes, key=lambda n: hashlib.sha256(n.encode()).hexdigest()):
-        if held["val"] < VAL_FRACTION * total:
-            split = "val"
-        elif held["test"] < TEST_FRACTION * total:
-            split = "test"
-        else:
-            split = "train"
+        split = next((s for s in ("val", "test") if held[s] < quota[s]), "train")
         splits[split].append(name)
         held[split] += sizes[name]
     if not splits["train"]:
@@ -241,55 +276,80 @@ def split_documents(sizes: dict[str, int]) -> dict[str, list[str]]:
     return {split: sorted(names) for split, names in splits.items()}
 
 
-def prepare(data_dir: Path | str, source: str | DataSource = "shakespeare", vocab: int | None = None,
-            cache_dir: Path | str = "~/.cache/autoresearch", log=print) -> dict:
-    """Build data_dir from a source; a second call with the same arguments returns at once."""
-    data_dir = Path(data_dir)
-    source = get_source(source) if isinstance(source, str) else source
-    tokenizer = get_tokenizer(vocab)
-    stamp = {"format": FORMAT, "source": source.name, "source_version": source.version,
-             "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size}
-    layout = ["meta.json", "val.bin", "test.bin", "train/train.bin", "train/meta.json"]
-    if (data_dir / "meta.json").exists() and all((data_dir / f).exists() for f in layout):
-        meta = json.loads((data_dir / "meta.json").read_text())
-        if meta.get("stamp") == stamp:
-            log(f"{data_dir}: already prepared ({source.name}, {tokenizer.name} tokenizer)")
-            return meta
-
-    # fetch and read every document (small corpora: all of it fits in memory)
-    path = source.fetch(Path(cache_dir).expanduser())
-    docs: dict[str, np.ndarray] = {}
-    seen: set[str] = set()
+def read_documents(source: DataSource, path) -> tuple[dict[str, str], int]:
+    """The source's documents by name, without empty ones and exact copies (which could leak across
+    splits); and how many were dropped."""
+    texts: dict[str, str] = {}
+    seen: set[bytes] = set()
     dropped = 0
     for name, text in source.documents(path):
-        if name in docs:
+        if name in texts:
             raise DataError(f"source {source.name!r} yielded the document name {name!r} twice")
-        digest = hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
-        if not text.strip() or digest in seen:  # empty, or an exact copy that could leak across splits
+        digest = hashlib.sha256(text.encode("utf-8", errors="replace")).digest()
+        if not text.strip() or digest in seen:
             dropped += 1
             continue
         seen.add(digest)
-        docs[name] = tokenizer.encode(text)
-    token_bytes = tokenizer.token_bytes()
-    nbytes = {name: int(np.asarray(token_bytes)[ids].sum()) for name, ids in docs.items()}
+        texts[name] = text
+    return texts, dropped
+
+
+def prepare(data_dir: Path | str, source: str | DataSource = "shakespeare", vocab: int | None = None,
+            cache_dir: Path | str = "~/.cache/autoresearch", log=print, *,
+            shards: int | None = None, max_bytes: int | None = None) -> dict:
+    """Build data_dir from a source; a second call with the same arguments returns at once.
+
+    `vocab` None (or 257) keeps the byte tokenizer, anything else trains a BPE of that size. `shards`
+    and `max_bytes` are passed to a source given by name (hub corpora take both, stdlib max_bytes)."""
+    data_dir = Path(data_dir)
+    source = get_source(source, shards=shards, max_bytes=max_bytes) if isinstance(source, str) else source
+    try:
+        kind = check_vocab(vocab)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    vocab_size = vocab or ByteTokenizer.vocab_size
+    stamp = {"format": FORMAT, "source": source.name, "source_version": source.version,
+             "tokenizer": kind, "vocab_size": vocab_size}
+    layout = ["meta.json", "val.bin", "test.bin", "train/train.bin", "train/meta.json"]
+    layout += ["tokenizer.json", "train/tokenizer.json"] if kind == "bpe" else []
+    if (data_dir / "meta.json").exists() and all((data_dir / f).exists() for f in layout):
+        meta = json.loads((data_dir / "meta.json").read_text())
+        if meta.get("stamp") == stamp:
+            log(f"{data_dir}: already prepared ({source.name}, {kind} tokenizer, vocab {vocab_size})")
+            return meta
+
+    # read every document, split them, and only then train the tokenizer: on the train split alone
+    texts, dropped = read_documents(source, source.fetch(Path(cache_dir).expanduser()))
+    nbytes = {name: len(text.encode("utf-8")) for name, text in texts.items()}
     splits = split_documents(nbytes)
+    if kind == "bpe":
+        log(f"training a {vocab_size}-token byte-level BPE on the train split")
+    tokenizer = train_tokenizer(vocab, (texts[name] for name in splits["train"]))
+    if kind == "bpe" and tokenizer.trained_size < vocab_size:
+        log(f"note: the train split ran out of merges at {tokenizer.trained_size} tokens; "
+            f"ids up to {vocab_size} stay unused")
 
     # write the bins first and meta.json last: its presence means the directory is complete
     (data_dir / "train").mkdir(parents=True, exist_ok=True)
     (data_dir / "meta.json").unlink(missing_ok=True)
+    for path in (data_dir / "tokenizer.json", data_dir / "train" / "tokenizer.json"):
+        path.unlink(missing_ok=True)    # an earlier BPE's; the byte tokenizer saves nothing
+        tokenizer.save(path)
     files = {"train": data_dir / "train" / "train.bin", "val": data_dir / "val.bin", "test": data_dir / "test.bin"}
+    separator = np.array([tokenizer.separator], dtype=np.uint16)
     info = {}
     for split, names in splits.items():
-        parts = [np.concatenate([[tokenizer.separator], docs[n]]).astype(np.uint16) for n in names]
-        tokens = np.concatenate(parts)
+        encoded = tokenizer.encode_batch([texts[name] for name in names])
+        tokens = np.concatenate([part for ids in encoded for part in (separator, ids)])
         tokens.tofile(files[split])
         info[split] = {"tokens": int(len(tokens)), "documents": len(names),
                        "bytes": sum(nbytes[n] for n in names), "names": names}
     common = {"stamp": stamp, "source": source.name, "source_version": source.version,
               "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size,
-              "separator": tokenizer.separator, "token_bytes": token_bytes}
+              "separator": tokenizer.separator, "token_bytes": tokenizer.token_bytes()}
     train_meta = {**common, "splits": {"train": info["train"]}}
-    meta = {**common, "dropped_documents": dropped, "splits": info}
+    held_out = {"val_fraction": VAL_FRACTION, "test_fraction": TEST_FRACTION, "max_bytes": HELD_OUT_MAX_BYTES}
+    meta = {**common, "dropped_documents": dropped, "held_out": held_out, "splits": info}
     (data_dir / "train" / "meta.json").write_text(json.dumps(train_meta, indent=1))
     (data_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     log(f"{data_dir}: prepared {source.name}: " + ", ".join(

@@ -1,0 +1,81 @@
+"""The loop end to end on the real built-in GPT target: init, prepare, run, status, export, resume.
+
+Real training (PyTorch on the CPU) under a fixed-step budget, so the numbers are deterministic.
+"""
+
+import json
+
+import pytest
+
+from toy import run_cli
+
+pytestmark = pytest.mark.slow
+
+STEPS = "12steps"
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e") / "research"
+    assert run_cli("init", root).code == 0
+    prepared = run_cli("prepare", "-C", root, "--data", "stdlib")
+    assert prepared.code == 0, prepared.text
+    script = root.parent / "script.json"
+    script.write_text(json.dumps([
+        {"description": "higher Muon LR", "knobs": {"MATRIX_LR": 0.08}},
+        {"description": "much lower Muon LR", "knobs": {"MATRIX_LR": 0.004}},
+        {"description": "break the evaluator", "delete": ["evaluate.py"]},
+        {"description": "longer warmdown", "knobs": {"WARMDOWN_FRAC": 0.8}},
+    ]))
+    first = run_cli("run", "-C", root, "--tag", "e2e", "--budget", STEPS, "--experiments", "3",
+                    "--agent", "scripted", "--agent-option", f"script={script}")
+    assert first.code == 0, first.text
+    resumed = run_cli("run", "-C", root, "--budget", STEPS, "--experiments", "1",
+                      "--agent", "scripted", "--agent-option", f"script={script}")
+    assert resumed.code == 0, resumed.text
+    return root
+
+
+def status(root, *args):
+    result = run_cli("status", "-C", root, "--json", *args)
+    assert result.code == 0, result.text
+    return json.loads(result.out)
+
+
+def test_the_baseline_trains_and_is_scored_by_the_evaluator(target):
+    baseline = status(target)["baseline"]
+    assert 1.0 < baseline["metric"] < 8.0  # better than a uniform guess over bytes (8 bits), a real model
+    assert baseline["runs"][0]["state"] == "ok"
+
+
+def test_every_proposal_is_recorded_once_with_its_outcome(target):
+    experiments = status(target)["experiments"]
+    assert [e["description"] for e in experiments] == [
+        "baseline", "higher Muon LR", "much lower Muon LR", "break the evaluator", "longer warmdown"]
+    states = [e["state"] for e in experiments]
+    assert states[0] == "baseline" and states[3] == "rejected"
+    assert all(state in ("kept", "discarded") for state in states[1:3] + states[4:])
+
+
+def test_the_branch_holds_the_best_commit(target):
+    import subprocess
+
+    best = status(target)["best"]
+    branch = subprocess.run(["git", "-C", str(target), "rev-parse", "autoresearch/e2e"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert branch == best["commit"]
+
+
+def test_a_fixed_step_budget_is_deterministic(target):
+    again = run_cli("run", "-C", target, "--tag", "again", "--budget", STEPS, "--experiments", "0")
+    assert again.code == 0, again.text
+    assert status(target, "--tag", "again")["baseline"]["metric"] == status(target, "--tag", "e2e")["baseline"]["metric"]
+
+
+def test_export_writes_results_tsv(target, tmp_path):
+    out = tmp_path / "results.tsv"
+    assert run_cli("export", "-C", target, "--tag", "e2e", "--tsv", out).code == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+    assert len(lines) == 6
+    assert lines[4].split("\t")[3] == "crash" and "rejected" in lines[4]
