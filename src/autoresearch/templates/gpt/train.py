@@ -50,8 +50,9 @@ UNTIMED_STEPS = {"cpu": 2, "mps": 5, "cuda": 10}      # first steps not counted 
 # Model: rotary attention with QK-norm, ReLU^2 MLP, RMSNorm, untied embeddings, soft-capped logits
 
 
-def norm(x):
-    return F.rms_norm(x, (x.size(-1),))
+def norm(x):  # RMSNorm without weights, written out: F.rms_norm is ~2.5x slower on CPU (forward + backward)
+    xf = x.float()
+    return x * (xf * xf).mean(-1, keepdim=True).add(1e-6).rsqrt().to(x.dtype)
 
 
 def rotary_tables(seq_len, head_dim, base=10000.0):
@@ -89,7 +90,8 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * dim, dim, bias=False)
 
     def forward(self, x):
-        return self.proj(F.relu(self.fc(x)).square())
+        h = F.relu(self.fc(x))
+        return self.proj(h * h)  # ReLU^2; h * h is ~3x faster than .square() on CPU (its backward)
 
 
 class Block(nn.Module):
@@ -146,13 +148,13 @@ def build_model(**model_args):
 
 
 def orthogonalize(g, steps=5):
-    """Newton-Schulz iteration that drives all singular values of g towards 1, keeping its singular vectors."""
+    """Newton-Schulz iteration driving the singular values of each matrix in g (..., rows, cols) towards 1."""
     a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients tuned for fast convergence near 0
     x = g.bfloat16() if g.device.type == "cuda" else g.float()
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
-    x = x / (x.norm() + 1e-7)  # spectral norm <= Frobenius norm <= 1
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
     for _ in range(steps):
         s = x @ x.mT
         x = a * x + (b * s + c * s @ s) @ x
@@ -160,7 +162,9 @@ def orthogonalize(g, steps=5):
 
 
 class Muon(torch.optim.Optimizer):
-    """SGD with Nesterov momentum whose update is orthogonalized before it is applied."""
+    """SGD with Nesterov momentum whose update is orthogonalized before it is applied.
+
+    Matrices of the same shape are orthogonalized together, as one batch: far fewer, larger matmuls."""
 
     def __init__(self, params, lr, momentum, weight_decay):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
@@ -168,17 +172,18 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            by_shape = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum" not in state:
-                    state["momentum"] = torch.zeros_like(p)
-                buf = state["momentum"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = orthogonalize(p.grad.lerp(buf, group["momentum"]))
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for shape, params in by_shape.items():
+                grads = [p.grad for p in params]
+                bufs = [self.state[p].setdefault("momentum", torch.zeros_like(p)) for p in params]
+                torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
+                update = orthogonalize(torch.stack(grads).lerp_(torch.stack(bufs), group["momentum"]))
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+                torch._foreach_add_(params, list(update.unbind(0)),
+                                    alpha=-group["lr"] * max(1, shape[-2] / shape[-1]) ** 0.5)
 
 
 def make_optimizers(model, model_dim, device):
