@@ -23,8 +23,8 @@ class Decision:
 
 
 def decide(runs: list[RunRecord], best: Optional[Experiment], config: Config) -> Decision:
-    for state, outcome in ((RunState.INTERRUPTED, State.INTERRUPTED), (RunState.TIMEOUT, State.TIMEOUT),
-                           (RunState.CRASHED, State.CRASHED)):
+    for state, outcome in ((RunState.INTERRUPTED, State.INTERRUPTED), (RunState.REJECTED, State.REJECTED),
+                           (RunState.TIMEOUT, State.TIMEOUT), (RunState.CRASHED, State.CRASHED)):
         failed = [run for run in runs if run.state is state]
         if failed:
             return Decision(outcome, None, f"seed {failed[0].seed}: {failed[0].reason}")

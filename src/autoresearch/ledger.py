@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .records import Experiment, RunRecord, RunState, State
+from .records import Experiment, Flag, RunRecord, RunState, State
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", """
@@ -72,6 +72,17 @@ MIGRATIONS: list[tuple[str, str]] = [
             finished_at REAL NOT NULL
         );
         CREATE INDEX runs_by_experiment ON runs(experiment_id);
+    """),
+    ("002_flags", """
+        CREATE TABLE flags (
+            id INTEGER PRIMARY KEY,
+            experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+            run_id INTEGER REFERENCES runs(id),
+            kind TEXT NOT NULL,
+            message TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX flags_by_experiment ON flags(experiment_id);
     """),
 ]
 
@@ -178,13 +189,34 @@ class Ledger:
         return self.experiment(experiment_id)
 
     def add_run(self, run: RunRecord) -> None:
+        """The run and its flags, in one transaction."""
         with self._transaction():
-            self.db.execute(
+            cursor = self.db.execute(
                 "INSERT INTO runs (experiment_id, seed, state, metric, metrics, seconds, peak_memory_mb, exit_code, "
                 "reason, log_tail, log_path, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run.experiment_id, run.seed, RunState(run.state).value, run.metric, json.dumps(run.metrics),
                  run.seconds, run.peak_memory_mb, run.exit_code, run.reason, run.log_tail, run.log_path,
                  time.time()))
+            for flag in run.flags:
+                self._insert_flag(run.experiment_id, cursor.lastrowid, flag)
+
+    # ---------------------------------------------------------------- flags: the audit trail
+
+    def add_flag(self, experiment_id: int, flag: Flag) -> None:
+        with self._transaction():
+            self._insert_flag(experiment_id, None, flag)
+
+    def _insert_flag(self, experiment_id: int, run_id: Optional[int], flag: Flag) -> None:
+        self.db.execute("INSERT INTO flags (experiment_id, run_id, kind, message, created_at) VALUES (?, ?, ?, ?, ?)",
+                        (experiment_id, run_id, flag.kind, flag.message, time.time()))
+
+    def flags(self, tag: str) -> list[dict]:
+        """Every flag of the tag's experiments, oldest first: index, seed (None: the experiment's), kind, message."""
+        rows = self.db.execute(
+            "SELECT e.idx, r.seed, f.kind, f.message, f.created_at FROM flags f "
+            "JOIN experiments e ON e.id = f.experiment_id LEFT JOIN runs r ON r.id = f.run_id "
+            "WHERE e.tag = ? ORDER BY f.id", (tag,)).fetchall()
+        return [dict(zip(("index", "seed", "kind", "message", "created_at"), row)) for row in rows]
 
     def interrupt_unfinished(self, tag: str, reason: str) -> list[int]:
         """Mark every experiment left proposed or running (a killed harness) as interrupted."""

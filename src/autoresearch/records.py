@@ -35,6 +35,15 @@ class RunState(str, enum.Enum):
     CRASHED = "crashed"
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
+    REJECTED = "rejected"  # the run broke a rule (tampered with protected files or git); its number is void
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Something the harness noticed and recorded for the human: a rejection's cause, an ignored claim."""
+
+    kind: str  # scope, metric, git, sandbox, implausible, ...
+    message: str
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class RunRecord:
     reason: str = ""
     log_tail: str = ""
     log_path: str = ""
+    flags: tuple = ()  # Flag, ...
     id: Optional[int] = None
 
 

@@ -8,6 +8,7 @@ moment (SIGKILL included) resumes with nothing lost and nothing counted twice.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import sys
@@ -16,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Optional
 
-from . import judge, knobs as knob_values, scope
+from . import integrity, judge, knobs as knob_values, scope
 from .agents import Agent, AgentExhausted, Context, Proposal, ProposalError
 from .budget import Budget
 from .executor import Executor, Slot, kill_leftovers
 from .gitrepo import Git
 from .ledger import Ledger
-from .records import Experiment, RunState, State
+from .records import Experiment, Flag, RunState, State
 from .runner import Runner, RunSpec
 from .target import Target
 
@@ -67,6 +68,7 @@ class Session:
     seeds: list[int]
     say: Callable[[str], None] = print
     session_id: Optional[int] = None
+    protected: Optional[dict] = None  # {path: blob} of the protected files at the research line's base
     lock: Optional[IO] = None  # held while the session lives; the OS releases it if the process dies
 
     @property
@@ -92,6 +94,7 @@ class Session:
         try:
             session._ensure_tag()
             session._recover()
+            session.protected = integrity.protected_blobs(git, ledger.tag(tag)["base_commit"], target.config)
             session.session_id = ledger.start_session(tag, agent_name, str(session.budget), sys.argv, os.getpid())
         except BaseException:
             session.close()
@@ -209,7 +212,8 @@ class Session:
 
         changes = worktree.stage_changes()
         diff, added, removed = worktree.staged_diff()
-        problem = scope.violation(changes, worktree.root, self.target.config)
+        problem = scope.violation(changes, worktree.root, self.target.config,
+                                  before=lambda path: worktree.run("show", f"HEAD:{path}", check=False))
         if problem:
             return self._reject(parent, proposal, problem, diff, added, removed)
         commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {self.tag}: proposed by {self.agent_name}")
@@ -221,14 +225,23 @@ class Session:
         return self._execute(experiment, worktree, slot, best=parent)
 
     def _execute(self, experiment: Experiment, worktree: Git, slot: Slot, best: Optional[Experiment]) -> Experiment:
-        runner = Runner(self.target, self.executor)
+        runner = Runner(self.target, self.executor, self.protected)
         runs = []
         try:
             for seed in self.seeds:
                 spec = RunSpec(experiment.id, worktree.root, seed, self.budget, self._timeout(),
-                               self.target.runs / self.tag / f"{experiment.index:05d}" / f"seed{seed}")
+                               self.target.runs / self.tag / f"{experiment.index:05d}" / f"seed{seed}",
+                               commit=experiment.commit)
+                refs = self.target.git.refs()
                 run = runner.run(spec, slot)
+                moved = integrity.restore_refs(self.target.git, refs)
+                if moved:
+                    problem = f"the run changed git refs: {'; '.join(moved)} (put back)"
+                    run = dataclasses.replace(run, state=RunState.REJECTED, metric=None, reason=problem,
+                                              flags=(*run.flags, Flag("git", problem)))
                 self.ledger.add_run(run)
+                for flag in run.flags:
+                    self.say(f"#{experiment.index} seed {seed} flagged ({flag.kind}): {flag.message}")
                 runs.append(run)
                 if run.state is not RunState.OK:
                     break  # a failed seed decides the experiment; more seeds would only spend compute
