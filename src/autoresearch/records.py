@@ -87,9 +87,17 @@ class Experiment:
     session_id: Optional[int] = None
     created_at: float = 0.0
     finished_at: Optional[float] = None
+    effect: Optional[float] = None  # the judge's estimate of the improvement over the parent (positive: better)
+    effect_se: Optional[float] = None  # its standard error
+    margin: Optional[float] = None  # what the effect had to clear
     runs: tuple = ()
 
     @property
     def ok(self) -> bool:
         """Whether it produced a metric that can be compared."""
         return self.metric is not None and math.isfinite(self.metric)
+
+    @property
+    def metrics(self) -> list[float]:
+        """The metric of each successful run."""
+        return [run.metric for run in self.runs if run.state is RunState.OK and run.metric is not None]
