@@ -1,7 +1,7 @@
 """Fault injection: the real loop, with a scripted agent trying to break each rule of the harness.
 
-The target is a guarded toy: train.py (editable) writes its constants to the run's output, and a
-protected evaluate.py scores them with a number kept in the validation split. For each attack the
+The target is the guarded toy of toy.py: train.py (editable) writes its constants to the run's
+output, and a protected evaluate.py scores them with a number kept in the validation split. For each attack the
 test asserts the experiment's state and reason, that the loop went on to the next proposal, and
 that the ledger and git agree (the branch is at the best commit, nothing is left running). The
 README's threat model lists the same attacks with the guard that stops each.
@@ -15,60 +15,7 @@ import sys
 
 import pytest
 
-from toy import build_toy, run_cli
-
-TRAIN = '''\
-"""Guarded toy: writes its constants for the trusted evaluator."""
-import json
-import os
-
-LR = 1.0     # best at 3
-WIDTH = 4    # best at 8
-
-with open(os.path.join(os.environ["AUTORESEARCH_OUT"], "model.json"), "w") as f:
-    json.dump({"LR": LR, "WIDTH": WIDTH}, f)
-print("loss: 1.0")
-'''
-
-EVALUATE = '''\
-"""Trusted evaluator of the guarded toy: the score of the saved constants plus the split's offset."""
-import json
-import os
-
-out, data = os.environ["AUTORESEARCH_OUT"], os.environ["AUTORESEARCH_DATA"]
-split = os.environ.get("AUTORESEARCH_SPLIT") or "val"
-with open(os.path.join(out, "model.json")) as f:
-    model = json.load(f)
-with open(os.path.join(data, split, "offset.txt")) as f:
-    offset = float(f.read())
-score = (model["LR"] - 3.0) ** 2 + abs(model["WIDTH"] - 8) / 10 + offset
-with open(os.path.join(out, "metrics.json"), "w") as f:
-    json.dump({"score": score}, f)
-print(f"score: {score}")
-'''
-
-CONFIG = '''\
-[target]
-name = "guarded-toy"
-
-[commands]
-train = "python train.py"
-evaluate = "python evaluate.py"
-
-[files]
-editable = ["train.py"]
-protected = ["evaluate.py", "program.md"]
-
-[metric]
-name = "score"
-goal = "minimize"
-source = "json"
-file = "metrics.json"
-
-[budget]
-default = "1s"
-timeout = 4
-'''
+from toy import GUARDED_TRAIN as TRAIN, build_guarded, run_cli
 
 GOOD = {"description": "a real improvement", "replace": [{"file": "train.py", "old": "LR = 1.0", "new": "LR = 2.0"}]}
 
@@ -85,7 +32,7 @@ def attack(description: str, body: str) -> dict:
 
 # (proposal, expected state, words the reason must contain)
 SCOPE_ATTACKS = [
-    ({"description": "edit a protected file", "write": {"evaluate.py": EVALUATE.replace("score = (", "score = 0 * (")}},
+    ({"description": "edit a protected file", "write": {"evaluate.py": "score = 0\n"}},
      "rejected", "protected file evaluate.py"),
     ({"description": "edit outside the scope", "write": {"notes/plan.txt": "cheat\n"}}, "rejected",
      "outside the editable files"),
@@ -113,14 +60,7 @@ RUN_ATTACKS = [
 
 @pytest.fixture
 def guarded(tmp_path):
-    toy = build_toy(tmp_path, train=TRAIN.replace("{", "{{").replace("}", "}}"), config=CONFIG,
-                    files={"evaluate.py": EVALUATE})
-    for split, offset in (("train", "0"), ("val", "1.5"), ("test", "1.5")):
-        folder = toy.root / ".autoresearch" / "data" / split
-        folder.mkdir(parents=True)
-        if split != "train":
-            (folder / "offset.txt").write_text(offset)
-    return toy
+    return build_guarded(tmp_path)
 
 
 def session(toy, steps: list[dict], *extra: str):

@@ -183,6 +183,85 @@ def build_toy(directory: Path, train: Optional[str] = None, config: str = CONFIG
     return toy
 
 
+# ---------------------------------------------------------------- the guarded toy: a trusted evaluator and data splits
+
+GUARDED_TRAIN = '''\
+"""Guarded toy: writes its constants for the trusted evaluator."""
+import json
+import os
+
+LR = 1.0     # best at 3
+WIDTH = 4    # best at 8
+
+with open(os.path.join(os.environ["AUTORESEARCH_OUT"], "model.json"), "w") as f:
+    json.dump({"LR": LR, "WIDTH": WIDTH}, f)
+print("loss: 1.0")
+'''
+
+GUARDED_EVALUATE = '''\
+"""Trusted evaluator of the guarded toy: the score of the saved constants plus the split's offset."""
+import json
+import os
+
+out, data = os.environ["AUTORESEARCH_OUT"], os.environ["AUTORESEARCH_DATA"]
+split = os.environ.get("AUTORESEARCH_SPLIT") or "val"
+with open(os.path.join(out, "model.json")) as f:
+    model = json.load(f)
+with open(os.path.join(data, split, "offset.txt")) as f:
+    offset = float(f.read())
+score = (model["LR"] - 3.0) ** 2 + abs(model["WIDTH"] - 8) / 10 + offset
+NOISE = 0.0  # sd of a seeded, per-code noise added to the score (tests of the statistics set it)
+if NOISE:
+    import random
+    score += random.Random(f"{os.environ['AUTORESEARCH_SEED']} {split} {model}").gauss(0, NOISE)
+with open(os.path.join(out, "metrics.json"), "w") as f:
+    json.dump({"score": score}, f)
+print(f"score: {score}")
+'''
+
+GUARDED_CONFIG = '''\
+[target]
+name = "guarded-toy"
+
+[commands]
+train = "python train.py"
+evaluate = "python evaluate.py"
+
+[files]
+editable = ["train.py"]
+protected = ["evaluate.py", "program.md"]
+
+[metric]
+name = "score"
+goal = "minimize"
+source = "json"
+file = "metrics.json"
+
+[budget]
+default = "1s"
+timeout = 4
+
+[judge]
+calibrate_seeds = 2
+final_test_seeds = 2
+'''
+
+
+
+def build_guarded(directory: Path, noise: float = 0.0, config: str = GUARDED_CONFIG) -> Toy:
+    """The guarded toy: train.py saves its constants, a protected evaluate.py scores them on a data split
+    (val offset 1.5, test offset 1.5), optionally with seeded noise of sd `noise`."""
+    evaluate = GUARDED_EVALUATE.replace("NOISE = 0.0", f"NOISE = {noise}")
+    toy = build_toy(directory, train=GUARDED_TRAIN.replace("{", "{{").replace("}", "}}"), config=config,
+                    files={"evaluate.py": evaluate})
+    for split in ("train", "val", "test"):
+        folder = toy.root / ".autoresearch" / "data" / split
+        folder.mkdir(parents=True)
+        if split != "train":
+            (folder / "offset.txt").write_text("1.5")
+    return toy
+
+
 def run_cli(*args) -> Result:
     """`autoresearch ARGS...` in this process, its output captured."""
     out, err = io.StringIO(), io.StringIO()

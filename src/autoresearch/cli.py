@@ -122,6 +122,105 @@ def run_session(target: Target, agent_name: str, agent_options: dict, experiment
     return 0 if not reason.startswith("paused") else 1
 
 
+def _open_session(target: Target, purpose: str, tag: Optional[str], budget: Optional[Budget], device: Optional[str]):
+    """A session on an existing research line for a harness job (calibrate, verify): no agent."""
+    from .executor import LocalExecutor
+    from .session import Session
+
+    if tag is None and _existing_tag(target, None) is None:
+        raise UsageError(f"nothing to {purpose}: no research yet (`autoresearch run` starts with the baseline)")
+    _stop_on_sigterm()
+    return Session.open(target, None, purpose, LocalExecutor(device or target.config.run.device), tag=tag,
+                        budget=budget)
+
+
+def cmd_calibrate(args) -> int:
+    from .session import SessionError
+
+    target = Target.open(args.C)
+    name = target.config.metric.name
+    try:
+        session = _open_session(target, "calibrate", args.tag, args.budget, args.device)
+        reason = "calibrated"
+        try:
+            record = session.calibrate(args.seeds)
+            noise = session.noise()
+        except KeyboardInterrupt:
+            reason = "stopped by the user"
+            raise
+        finally:
+            session.ledger.end_session(session.session_id, reason)
+            session.close()
+    except SessionError as exc:
+        print(f"autoresearch: {exc}", file=sys.stderr)
+        return 1
+    if record["sd"] is None:
+        print(f"calibration: {record['runs']} successful run(s): too few for a spread")
+        return 1
+    print(f"noise model ({record['runs']} runs of the best commit, budget {session.budget}):")
+    print(f"  {name}: mean {record['mean']:.6f}  sd {record['sd']:.6f}  "
+          f"95% CI of the mean [{record['ci_low']:.6f}, {record['ci_high']:.6f}]")
+    if record["steps_mean"] is not None:
+        spread = f" ± {record['steps_sd']:.1f}" if record["steps_sd"] is not None else ""
+        print(f"  steps per run: {record['steps_mean']:.1f}{spread}")
+    print(f"  pooled over the research line: {noise.describe()}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from . import verify
+    from .session import SessionError
+
+    target = Target.open(args.C)
+    try:
+        scales = [verify.Scale.parse(text) for text in args.scale or []]
+    except verify.VerifyError as exc:
+        raise UsageError(str(exc)) from None
+    if args.seeds < 2:
+        raise UsageError("--seeds must be 2 or more: the interval needs pairs")
+    try:
+        session = _open_session(target, "verify", args.tag, args.budget, args.device)
+        reason = "verified"
+        try:
+            baseline = session.ledger.baseline(session.tag)
+            candidate = args.commit and target.git.resolve(args.commit)
+            if args.commit and not candidate:
+                raise UsageError(f"no commit {args.commit!r} in {target.root}")
+            candidate = candidate or session.ledger.best(session.tag).commit
+            if baseline is None:
+                raise UsageError("the research line has no baseline yet")
+            slot = session.executor.slots()[0]
+            worktree = target.git.add_worktree(target.worktrees / slot.name, candidate)
+            summary = verify.compare(session, worktree, slot, baseline.commit, candidate,
+                                     seeds=list(range(args.seeds)), split=args.split, kind="verify",
+                                     budget=args.budget, scales=scales)
+        except KeyboardInterrupt:
+            reason = "stopped by the user"
+            raise
+        except verify.VerifyError as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            session.ledger.end_session(session.session_id, reason)
+            session.close()
+    except SessionError as exc:
+        print(f"autoresearch: {exc}", file=sys.stderr)
+        return 1
+    effect = summary["effect"]
+    name = target.config.metric.name
+    for role in ("baseline", "candidate"):
+        part = summary[role]
+        mean = f"{part['mean']:.6f}" if part["mean"] is not None else "-"
+        sd = f" ± {part['sd']:.6f}" if part["sd"] is not None else ""
+        print(f"{role:<9} {name} ({args.split}) {mean}{sd}  ({part['ok']}/{part['runs']} runs ok)")
+    if effect["effect"] is None:
+        print(f"gain: {effect['verdict']}")
+        return 1
+    interval = f", 95% CI [{effect['ci'][0]:+.6f}, {effect['ci'][1]:+.6f}]" if effect["ci"] else ""
+    print(f"gain of the candidate: {effect['effect']:+.6f}{interval} over {effect['pairs']} paired seeds: "
+          f"{effect['verdict']}")
+    return 0
+
+
 def cmd_status(args) -> int:
     from .ledger import Ledger
     from .status import render, status_dict
@@ -205,6 +304,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="research line; its branch is autoresearch/TAG (default: the latest, or today)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("calibrate", parents=[common], help="measure the metric's noise: rerun the best commit")
+    p.add_argument("--seeds", type=int, default=5, metavar="K", help="more runs of the best commit (default: 5)")
+    p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget (default: the target's)")
+    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("verify", parents=[common],
+                       help="does the gain hold? baseline vs best, side by side, on the test split, maybe scaled up")
+    p.add_argument("commit", nargs="?", help="the candidate (default: the research line's best)")
+    p.add_argument("--scale", action="append", metavar="NAME=+N",
+                   help="change a constant of both sides first: depth=+2, seq_len=x2, batch_size=32")
+    p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget (default: the target's)")
+    p.add_argument("--seeds", type=int, default=3, metavar="K", help="paired seeds per side (default: 3)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="evaluation split (default: test)")
+    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("status", parents=[common], help="the research at a glance")
     p.add_argument("--json", action="store_true", help="machine-readable")

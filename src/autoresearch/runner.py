@@ -132,7 +132,8 @@ class Runner:
         metrics = reported_numbers(text)
         metric = None
         if state is RunState.OK:
-            metric, reason = self._read_metric(out, text[evaluated_from:] if config.commands.evaluate else text)
+            metric, reason = self._read_metric(out, text[evaluated_from:] if config.commands.evaluate else text,
+                                               spec.split)
             metrics.update(self._json_numbers(out))
             if metric is None or not math.isfinite(metric):
                 state = RunState.CRASHED
@@ -162,14 +163,18 @@ class Runner:
             return f"{problem} while training; the evaluator did not run"
         return problem
 
-    def _read_metric(self, out: Path, text: str) -> tuple[Optional[float], str]:
+    def _read_metric(self, out: Path, text: str, split: str = "val") -> tuple[Optional[float], str]:
+        """The metric, under its name; on the test split the evaluator may name it test_* (val_bpb -> test_bpb)."""
         metric = self.target.config.metric
+        names = [metric.name]
+        if split != "val":
+            names += [metric.name.replace("val", split, 1), f"{split}_{metric.name}"]
+        numbers = reported_numbers(text) if metric.source == "stdout" else self._json_numbers(out)
+        for name in names:
+            if name in numbers:
+                return numbers[name], ""
         if metric.source == "stdout":
-            value = reported_numbers(text).get(metric.name)
-            return value, "" if value is not None else f"no '{metric.name}: <number>' line in the output"
-        numbers = self._json_numbers(out)
-        if metric.name in numbers:
-            return numbers[metric.name], ""
+            return None, f"no '{metric.name}: <number>' line in the output"
         return None, f"{metric.file} in the run's output has no number '{metric.name}'"
 
     def _json_numbers(self, out: Path) -> dict[str, float]:

@@ -15,6 +15,7 @@ def experiment_dict(e: Experiment) -> dict:
         "id": e.index, "state": e.state.value, "metric": e.metric, "commit": e.commit, "parent": e.parent,
         "description": e.description, "seconds": e.seconds, "agent": e.agent, "reason": e.reason,
         "lines_added": e.lines_added, "lines_removed": e.lines_removed, "knobs": e.knobs,
+        "effect": e.effect, "effect_se": e.effect_se, "margin": e.margin,
         "runs": [{"seed": r.seed, "state": r.state.value, "metric": r.metric, "seconds": r.seconds,
                   "peak_memory_mb": r.peak_memory_mb, "reason": r.reason, "log": r.log_path} for r in e.runs],
     }
@@ -39,6 +40,8 @@ def status_dict(ledger: Ledger, tag: str, config: Config) -> dict:
         "rejections": [{"id": e.index, "description": e.description, "reason": e.reason}
                        for e in experiments if e.state is State.REJECTED],
         "flags": ledger.flags(tag),
+        "noise": ledger.noise_history(tag),
+        "verifications": ledger.verifications(tag),
     }
 
 
@@ -60,6 +63,12 @@ def render(status: dict) -> str:
     gain = status["improvement"]
     lines.append(f"best      {name} {best['metric']:.6f}  at {best['commit'][:9]}"
                  + (f"  ({gain:+.6f} better than baseline)" if gain else ""))
+    if status["noise"]:
+        noise = status["noise"][-1]
+        pooled = (f"; pooled sd {noise['pooled_sd']:.4g} ({noise['pooled_df']} df)"
+                  if noise["pooled_sd"] is not None else "")
+        spread = f"sd {noise['sd']:.4g} over {noise['runs']} runs" if noise["sd"] is not None else f"{noise['runs']} run"
+        lines.append(f"noise     {spread} of #{noise['index']} ({noise['budget']}){pooled}")
     counts = status["counts"]
     lines.append("experiments: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n) if any(
         counts.values()) else "experiments: none yet")
@@ -85,5 +94,20 @@ def render(status: dict) -> str:
         for e in recent:
             metric = f"{e['metric']:.6f}" if e["metric"] is not None else "-".ljust(8)
             why = f"  [{e['reason']}]" if e["state"] not in ("kept", "discarded") else ""
-            lines.append(f"  #{e['id']:<4} {e['state']:<11} {metric}  {e['description']}{why}")
+            effect = ""
+            if e["effect"] is not None:
+                effect = f"{e['effect']:+.4f}" + (f" ± {e['effect_se']:.4f}" if e["effect_se"] else "")
+            lines.append(f"  #{e['id']:<4} {e['state']:<11} {metric}  {effect:<18} {len(e['runs'])} run"
+                         f"{'s' if len(e['runs']) != 1 else ' '}  {e['description']}{why}")
+    finished = [v for v in status["verifications"] if v["summary"]]
+    if finished:
+        lines.append("")
+        lines.append("verifications (baseline vs candidate, paired seeds):")
+        for v in finished[-5:]:
+            effect, settings = v["summary"]["effect"], v["settings"]
+            scale = f", scaled {', '.join(settings['scale'])}" if settings.get("scale") else ""
+            figure = f"{effect['effect']:+.4f}" if effect["effect"] is not None else "-"
+            interval = f" [{effect['ci'][0]:+.4f}, {effect['ci'][1]:+.4f}]" if effect.get("ci") else ""
+            lines.append(f"  {v['kind']:<11} {settings['split']} split, {settings['budget']}{scale}: gain {figure}"
+                         f"{interval}: {effect['verdict']}")
     return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""The statistical judge in the real loop, calibrate and verify end to end, and what the ledger records.
+
+The target is the guarded toy with seeded noise (sd 0.05) added by its evaluator, so that
+decisions depend on the noise model as they do on a real target, yet every run takes milliseconds.
+The last test does the same on the built-in GPT target with fixed-step budgets.
+"""
+
+import json
+
+import pytest
+
+from toy import GUARDED_CONFIG, build_guarded, run_cli
+
+NOISE = 0.05
+CONFIG = GUARDED_CONFIG.replace("calibrate_seeds = 2", "calibrate_seeds = 5")
+
+
+def change(description, old, new):
+    return {"description": description, "replace": [{"file": "train.py", "old": old, "new": new}]}
+
+
+NOTHING = change("a comment only", "WIDTH = 4    # best at 8", "WIDTH = 4    # best at 8 (checked)")
+WORSE = change("a much worse LR", "LR = 1.0", "LR = 0.1")
+SMALL = change("a small gain", "WIDTH = 4", "WIDTH = 5")  # 0.1 better: 2 noise sds
+HUGE = change("a huge gain", "LR = 1.0", "LR = 3.0")  # 4.0 better: 80 noise sds
+
+
+@pytest.fixture
+def noisy(tmp_path):
+    return build_guarded(tmp_path, noise=NOISE, config=CONFIG)
+
+
+def session(toy, steps, *extra):
+    result = run_cli("run", "-C", toy.root, "--tag", "t", "--experiments", len(steps), *toy.scripted(steps), *extra)
+    assert result.code == 0, result.text
+    return result
+
+
+def status(toy):
+    return json.loads(run_cli("status", "-C", toy.root, "--json").out)
+
+
+def test_the_baseline_calibrates_and_the_noise_is_recorded(noisy):
+    session(noisy, [])
+    (baseline,) = noisy.experiments()
+    assert [r.seed for r in baseline.runs] == [0, 1, 2, 3, 4]
+    (noise,) = status(noisy)["noise"]
+    assert noise["runs"] == 5 and 0.01 < noise["sd"] < 0.15 and noise["ci_low"] < noise["mean"] < noise["ci_high"]
+    assert "noise" in run_cli("status", "-C", noisy.root).out
+
+
+def test_null_changes_are_not_kept_and_clear_losers_stop_early(noisy):
+    session(noisy, [NOTHING, WORSE])
+    _, nothing, worse = noisy.experiments()
+    assert nothing.state.value == "discarded" and nothing.effect_se > 0
+    assert worse.state.value == "discarded" and len(worse.runs) == 1 and "clearly below" in worse.reason
+    assert worse.effect == pytest.approx(-(0.1 - 3) ** 2 + 4, abs=0.2)
+
+
+def test_a_promising_change_gets_confirmation_runs_and_the_decision_is_recorded(noisy):
+    session(noisy, [SMALL])
+    small = noisy.experiments()[1]
+    assert len(small.runs) >= 2  # never kept on one run
+    assert [r.seed for r in small.runs] == list(range(len(small.runs)))  # paired with the baseline's seeds
+    assert small.effect is not None and small.effect_se > 0 and small.margin == 0
+    assert "effect" in small.reason and f"n={len(small.runs)}" in small.reason
+    row = status(noisy)["experiments"][1]
+    assert row["effect"] == small.effect and row["effect_se"] == small.effect_se
+
+
+def test_an_implausible_jump_is_confirmed_on_more_seeds_and_the_test_split_and_flagged(noisy):
+    session(noisy, [HUGE], "--budget", "1s")
+    huge = noisy.experiments()[1]
+    assert huge.state.value == "kept"
+    assert len(huge.runs) == 4 + 2  # max_runs, then two more
+    report = status(noisy)
+    (flag,) = [f for f in report["flags"] if f["kind"] == "implausible"]
+    assert "implausible jump" in flag["message"] and "confirmed (test split effect" in flag["message"]
+    kinds = [v["kind"] for v in report["verifications"]]
+    assert kinds == ["implausible", "heldout"]  # then the session's held-out test of the best
+    heldout = report["verifications"][1]
+    assert heldout["settings"]["split"] == "test" and heldout["summary"]["effect"]["verdict"] == "holds"
+    assert {r["split"] for r in heldout["runs"]} == {"test"}
+
+
+def test_a_second_session_re_calibrates_when_the_best_moved_far(noisy):
+    session(noisy, [HUGE])
+    before = len(noisy.experiments()[1].runs)
+    session(noisy, [HUGE, NOTHING])
+    assert len(status(noisy)["noise"]) >= 1
+    assert len(noisy.experiments()[1].runs) >= before
+
+
+def test_calibrate_command_adds_seeds_to_the_best_and_prints_the_noise(noisy):
+    session(noisy, [])
+    result = run_cli("calibrate", "-C", noisy.root, "--seeds", "3")
+    assert result.code == 0, result.text
+    assert "sd" in result.out and "95% CI" in result.out and "pooled" in result.out
+    (baseline,) = noisy.experiments()
+    assert [r.seed for r in baseline.runs] == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert baseline.metric == pytest.approx(sum(baseline.metrics) / 8)
+    assert len(status(noisy)["noise"]) == 2
+
+
+def test_calibrate_needs_a_research_line(noisy):
+    result = run_cli("calibrate", "-C", noisy.root)
+    assert result.code == 2 and "no research yet" in result.err
+
+
+def test_verify_runs_both_sides_interleaved_on_the_test_split_and_scaled(noisy):
+    session(noisy, [SMALL, HUGE])
+    result = run_cli("verify", "-C", noisy.root, "--seeds", "3", "--scale", "width=+2")
+    assert result.code == 0, result.text
+    assert "gain of the candidate" in result.out and "holds" in result.out
+    verification = status(noisy)["verifications"][-1]
+    assert verification["kind"] == "verify" and verification["settings"]["scale"] == ["width=+2"]
+    assert [(r["role"], r["seed"]) for r in verification["runs"]] == [
+        ("baseline", 0), ("candidate", 0), ("baseline", 1), ("candidate", 1), ("baseline", 2), ("candidate", 2)]
+    scaled = noisy.git("show", f"{verification['candidate_commit']}:train.py")
+    assert "WIDTH = 7" in scaled or "WIDTH = 6" in scaled  # the best's width, plus 2
+    assert noisy.branch() == noisy.best().commit  # the research branch is untouched
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scale", "depth+2"], "expected NAME=+N"),
+    (["--scale", "nothing=+1"], "no editable file defines a constant NOTHING"),
+    (["--seeds", "1"], "--seeds must be 2 or more"),
+    (["deadbeef"], "no commit 'deadbeef'"),
+])
+def test_verify_bad_input_is_a_clear_error(noisy, args, message):
+    session(noisy, [])
+    result = run_cli("verify", "-C", noisy.root, *args)
+    assert result.code == 2 and message in result.err
+
+
+@pytest.mark.slow
+def test_calibrate_and_verify_on_the_gpt_target(tmp_path):
+    root = tmp_path / "gpt"
+    assert run_cli("init", root).code == 0
+    assert run_cli("prepare", "-C", root, "--data", "stdlib").code == 0
+    first = run_cli("run", "-C", root, "--budget", "6steps", "--experiments", "0")
+    assert first.code == 0, first.text
+    calibrated = run_cli("calibrate", "-C", root, "--seeds", "2", "--budget", "6steps")
+    assert calibrated.code == 0, calibrated.text
+    assert "steps per run: 6.0" in calibrated.out
+    verified = run_cli("verify", "-C", root, "--seeds", "2", "--budget", "6steps", "--scale", "depth=+1",
+                       "--split", "val")
+    assert verified.code == 0, verified.text
+    report = json.loads(run_cli("status", "-C", root, "--json").out)
+    verification = report["verifications"][-1]
+    assert verification["settings"]["scale"] == ["depth=+1"] and len(verification["runs"]) == 4
+    assert all(r["state"] == "ok" and 1.0 < r["metric"] < 9.0 for r in verification["runs"])
+    assert verification["summary"]["effect"]["effect"] == pytest.approx(0.0, abs=1e-9)  # the same commit twice

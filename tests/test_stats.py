@@ -1,0 +1,150 @@
+"""The decision rule on synthetic metric streams: properties that must hold whatever the noise."""
+
+import random
+import statistics
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from autoresearch.stats import Noise, Rule, confidence_interval, pooled_noise, verdict
+from autoresearch.verify import Scale, paired_effect
+
+RULE = Rule()
+sds = st.floats(min_value=1e-4, max_value=10.0)
+levels = st.floats(min_value=-100.0, max_value=100.0)
+
+
+def sequential(draw, parent, noise, rule=RULE, minimize=True, lines=(0, 0)):
+    """Run the sequential test: draw() gives one run's metric; returns (kept, runs used)."""
+    runs = []
+    while True:
+        runs.append(draw())
+        v = verdict(runs, parent, noise, rule, minimize=minimize, lines_added=lines[0], lines_removed=lines[1])
+        if v.keep is not None:
+            return v.keep, len(runs)
+
+
+@given(level=levels, sd=sds, n=st.integers(1, 10), parent_n=st.integers(1, 10), df=st.integers(1, 200))
+def test_no_keep_when_the_change_does_nothing(level, sd, n, parent_n, df):
+    v = verdict([level] * n, [level] * parent_n, Noise(sd, df), RULE, minimize=True)
+    assert v.keep is not True
+
+
+@given(sd=sds, effect=st.floats(0, 20), more=st.floats(0, 20), n=st.integers(1, 6), df=st.integers(1, 100),
+       minimize=st.booleans())
+def test_monotone_in_the_effect(sd, effect, more, n, df, minimize):
+    """If an effect is kept, a larger one is kept too; if it is dropped, a smaller one is dropped too."""
+    sign = -1 if minimize else 1
+    small = verdict([sign * effect * sd] * n, [0.0] * 5, Noise(sd, df), RULE, minimize=minimize)
+    large = verdict([sign * (effect + more) * sd] * n, [0.0] * 5, Noise(sd, df), RULE, minimize=minimize)
+    assert large.effect >= small.effect - 1e-9
+    if small.keep is True:
+        assert large.keep is True
+    if large.keep is False:
+        assert small.keep is False or small.runs >= RULE.max_runs
+
+
+@given(sd=sds, n=st.integers(1, 6), lines=st.integers(1, 500))
+def test_added_code_needs_a_larger_margin(sd, n, lines):
+    plain = verdict([-2 * sd] * n, [0.0] * 5, Noise(sd, 50), RULE, minimize=True)
+    costly = verdict([-2 * sd] * n, [0.0] * 5, Noise(sd, 50), RULE, minimize=True, lines_added=lines)
+    assert costly.margin > plain.margin
+    assert not (costly.keep is True and plain.keep is not True)
+
+
+def test_removing_code_with_an_equal_result_can_be_kept():
+    noise = Noise(0.01, 100)
+    same = [1.0] * 4
+    assert verdict(same, [1.0] * 20, noise, RULE, minimize=True).keep is False
+    simpler = verdict(same, [1.0] * 20, noise, RULE, minimize=True, lines_removed=200)
+    assert simpler.keep is True and simpler.margin < 0
+
+
+def test_a_single_promising_run_is_confirmed_before_it_is_kept():
+    v = verdict([0.0], [1.0] * 5, Noise(0.01, 20), RULE, minimize=True)  # 100 sd better
+    assert v.keep is None and "confirming" in v.reason
+    assert verdict([0.0, 0.0], [1.0] * 5, Noise(0.01, 20), RULE, minimize=True).keep is True
+
+
+def test_a_clear_loser_stops_after_one_run():
+    v = verdict([1.05], [1.0] * 5, Noise(0.01, 20), RULE, minimize=True)
+    assert v.keep is False and v.runs == 1 and "clearly below" in v.reason
+
+
+def test_a_deterministic_metric_decides_in_one_run():
+    assert verdict([0.9], [1.0], Noise(0.0, 3), RULE, minimize=True).keep is True
+    assert verdict([1.0], [1.0], Noise(0.0, 3), RULE, minimize=True).keep is False
+
+
+def test_maximize_flips_the_sign():
+    v = verdict([2.0, 2.0], [1.0] * 5, Noise(0.01, 20), RULE, minimize=False)
+    assert v.keep is True and v.effect == pytest.approx(1.0)
+
+
+def test_unknown_noise_is_an_error_not_a_guess():
+    with pytest.raises(ValueError, match="calibrate"):
+        verdict([1.0], [1.0], Noise(float("nan"), 0), RULE, minimize=True)
+
+
+@pytest.mark.parametrize("df", [4, 30])
+def test_the_false_keep_rate_of_null_changes_is_at_most_the_significance(df):
+    rng = random.Random(1)
+    sd, trials = 1.0, 3000
+    kept = 0
+    for _ in range(trials):
+        parent = [rng.gauss(0, sd) for _ in range(5)]
+        noise = Noise(statistics.stdev([rng.gauss(0, sd) for _ in range(df + 1)]), df)
+        keep, _ = sequential(lambda: rng.gauss(0, sd), parent, noise)
+        kept += keep
+    assert kept / trials <= RULE.significance
+
+
+def test_two_sigma_effects_are_mostly_kept_with_less_compute_than_three_fixed_seeds():
+    rng = random.Random(2)
+    trials, kept, runs = 2000, 0, 0
+    for _ in range(trials):
+        parent = [rng.gauss(0, 1) for _ in range(5)]
+        keep, used = sequential(lambda: rng.gauss(-2, 1), parent, Noise(1.0, 60))
+        kept += keep
+        runs += used
+    assert kept / trials >= 0.8
+    assert runs / trials < 3
+
+
+def test_pooled_noise_weights_groups_by_their_degrees_of_freedom():
+    noise = pooled_noise([[1.0, 3.0], [10.0, 10.0, 10.0], [5.0], []])
+    assert noise.df == 3 and noise.groups == 2
+    assert noise.sd == pytest.approx((2.0 / 3) ** 0.5)
+    assert pooled_noise([[2.0, 2.0, 2.0]]).deterministic
+    assert not pooled_noise([[1.0]]).known
+
+
+def test_confidence_interval_covers_the_mean():
+    low, high = confidence_interval([1.0, 2.0, 3.0])
+    assert low < 2.0 < high and high - low == pytest.approx(2 * 4.302653 * 1 / 3 ** 0.5, rel=1e-5)
+
+
+def test_paired_effect_and_its_interval():
+    result = paired_effect([2.0, 2.1, 2.2], [1.9, 2.0, 2.1], minimize=True)
+    assert result["effect"] == pytest.approx(0.1) and result["verdict"] == "holds"
+    assert paired_effect([2.0, None], [1.0, 1.0], minimize=True)["verdict"] == "one pair: no interval"
+    assert paired_effect([2.0, 1.0], [1.0, 2.0], minimize=True)["verdict"] == "inconclusive"
+
+
+@pytest.mark.parametrize("text, value, expected", [
+    ("depth=+2", {"cpu": 2, "cuda": 6}, {"cpu": 4, "cuda": 8}),
+    ("SEQ_LEN=x2", 128, 256),
+    ("matrix_lr=0.01", 0.04, 0.01),
+    ("batch_size=-8", 16, 8),
+])
+def test_scales(text, value, expected):
+    assert Scale.parse(text).apply(value) == expected
+
+
+@settings(max_examples=50)
+@given(text=st.text(max_size=20))
+def test_a_bad_scale_is_a_clear_error(text):
+    try:
+        Scale.parse(text)
+    except ValueError as exc:
+        assert "--scale" in str(exc)
