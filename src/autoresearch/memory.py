@@ -262,8 +262,9 @@ def _kept_chain(book: _Book) -> list[str]:
 
 
 def _row(book: _Book, e: Experiment) -> str:
+    why = "" if e.state in (State.KEPT, State.DISCARDED) or not e.reason else f" [{_one_line(e.reason, 70)}]"
     return (f"| #{e.index} | {e.state.value} | {book.effect_text(e)} | +{e.lines_added}/-{e.lines_removed} | "
-            f"{_one_line(e.description)} |")
+            f"{_one_line(e.description)}{why} |")
 
 
 def _recent(book: _Book, recent: int) -> list[str]:

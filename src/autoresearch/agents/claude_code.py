@@ -55,7 +55,7 @@ class ClaudeCodeAgent(LLMAgent):
 
     # ---------------------------------------------------------------- options
 
-    def options(self, scratch: Path, bench: Workbench):
+    def sdk_options(self, scratch: Path, bench: Workbench):
         """The Claude Agent SDK options for one proposal in `scratch`."""
         from claude_agent_sdk import ClaudeAgentOptions, HookMatcher
 
@@ -115,7 +115,7 @@ class ClaudeCodeAgent(LLMAgent):
         from claude_agent_sdk import ClaudeSDKClient
 
         self.stderr.clear()
-        async with ClaudeSDKClient(self.options(scratch, bench)) as client:
+        async with ClaudeSDKClient(self.sdk_options(scratch, bench)) as client:
             for attempt in range(FOLLOW_UPS + 1):
                 await client.query(prompt)
                 result = await self._result(client, bench)
