@@ -148,6 +148,7 @@ class Session:
 
     def run(self, experiments: Optional[int] = None) -> str:
         """Run the baseline if needed, then `experiments` experiments (None: until stopped)."""
+        started = time.monotonic()
         slot = self.executor.slots()[0]
         worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
         reason = "stopped"
@@ -157,7 +158,7 @@ class Session:
                 if baseline.state is not State.BASELINE:
                     reason = f"the baseline failed ({baseline.reason}); fix the target and run again"
                     raise SessionError(reason)
-            done, failures, started = 0, 0, time.monotonic()
+            done, failures = 0, 0
             while experiments is None or done < experiments:
                 reached = self._limit_reached(started)
                 if reached:
