@@ -236,7 +236,7 @@ def test_a_missing_api_key_is_a_clear_error(toy, cli, monkeypatch):
     result = cli("run", "-C", toy.root, "--agent", "claude")
     assert result.code == 2
     assert "ANTHROPIC_API_KEY is not set" in result.err
-    assert toy.experiments() == [] if (toy.root / ".autoresearch" / "ledger.sqlite").exists() else True
+    assert not (toy.root / ".autoresearch" / "ledger.sqlite").exists()  # refused before any session started
 
 
 # ---------------------------------------------------------------- costs

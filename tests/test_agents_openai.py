@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("openai")
 
-from autoresearch.agents import AgentError, create
+from autoresearch.agents import create
 from autoresearch.config import AgentSection
 from autoresearch.records import State
 from standin import StandIn, call, completion, context_for, error

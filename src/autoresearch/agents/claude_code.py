@@ -15,7 +15,6 @@ experiment), it is told why once, in the same conversation.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Optional

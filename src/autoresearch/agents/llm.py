@@ -67,8 +67,8 @@ TOOLS: list[dict] = [
                                                      "new": {"type": "string"}},
                     "required": ["path", "old", "new"]}},
     {"name": "view_memory",
-     "description": ("The research memory: standing, kept chain, recent experiments, diffs, failures. With "
-                     "`experiment` (an index), that experiment in detail: diff, runs and log tail."),
+     "description": ("With `experiment` (an index): that past experiment in detail, its diff, runs and log "
+                     "tail. Without: the research memory again (it is already in your first message)."),
      "parameters": {"type": "object", "properties": {"experiment": {"type": "integer"}}}},
     {"name": "finish",
      "description": ("Submit your change for a training run, with a one-line hypothesis. Refused, with the "
