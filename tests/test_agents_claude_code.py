@@ -136,3 +136,30 @@ def test_collect_takes_changed_new_and_deleted_editable_files_only(toy, tmp_path
     (tmp_path / "train.py").unlink()
     collect(tmp_path, bench)
     assert bench.writes()["train.py"] is None
+
+
+def test_a_rate_limit_is_retried_by_claude_code(toy):
+    conversation = Conversation(read, edit, done)
+    limited = []
+
+    def script(request):
+        if "Edit" in [t.get("name") for t in request.body.get("tools", [])] and not limited:
+            limited.append(request)
+            return Reply({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+                         status=429, headers={"retry-after": "0"})
+        return conversation(request)
+
+    with StandIn(script) as server:
+        proposal = agent(server).propose(context_for(toy.root))
+    assert limited and proposal.description == "raise LR to 2, nearer the optimum at 3"
+
+
+def test_a_rate_limit_that_outlasts_the_retries_is_an_agent_error(toy):
+    def script(request):
+        if "Edit" in [t.get("name") for t in request.body.get("tools", [])]:
+            return Reply({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+                         status=429, headers={"retry-after": "0"})
+        return Reply(message(text("ok")))
+
+    with StandIn(script) as server, pytest.raises(AgentError, match=r"Claude Code failed \(HTTP 429\)"):
+        agent(server, max_retries=0).propose(context_for(toy.root))
