@@ -206,7 +206,7 @@ def test_rate_limits_and_overload_are_retried_then_succeed(toy):
 
 def test_a_rate_limit_that_outlasts_the_retries_is_an_agent_error(toy):
     script = [error(429, "rate_limit_error", "slow down", retry_after_ms="10") for _ in range(3)]
-    with StandIn(script) as server, pytest.raises(AgentError, match=r"rate limit \(429\), still after 2 retries"):
+    with StandIn(script) as server, pytest.raises(AgentError, match=r"rate limit \(429\), after up to 2 retries"):
         agent(server).propose(context_for(toy.root))
     assert len(server.requests) == 3
 
@@ -218,7 +218,7 @@ def test_agent_errors_are_recorded_and_the_loop_goes_on(toy, cli):
     assert result.code == 0, result.text
     _, failed, kept = toy.experiments()
     assert failed.state is State.REJECTED
-    assert failed.reason == "agent error: the Anthropic API server error (500), still after 0 retries: boom"
+    assert failed.reason == "agent error: the Anthropic API server error (500), after up to 0 retries: boom"
     assert kept.state is State.KEPT
 
 

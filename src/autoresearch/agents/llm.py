@@ -317,9 +317,9 @@ def status_account(exc: Exception, provider: str, retries: int, base_url: Option
     if status == 401:
         return f"{provider} refused the API key (401): {message}"
     if status == 429:
-        return f"{provider} rate limit (429), still after {retries} retries: {message}"
+        return f"{provider} rate limit (429), after up to {retries} retries: {message}"
     if isinstance(status, int) and status >= 500:
-        return f"{provider} server error ({status}), still after {retries} retries: {message}"
+        return f"{provider} server error ({status}), after up to {retries} retries: {message}"
     if isinstance(status, int):
         return f"{provider} rejected the request ({status}): {message}"
     if "Connection" in type(exc).__name__ or "Timeout" in type(exc).__name__:
