@@ -91,24 +91,57 @@ def prepare(target: Target, data: Optional[str] = None, vocab: Optional[int] = N
 
 def cmd_run(args) -> int:
     target = Target.open(args.C)
-    return run_session(target, args.agent, _options(args.agent_option), args.experiments, args.budget, args.tag,
-                       args.device)
+    overrides = {"model": args.model, "base_url": args.base_url}
+    limits = {"max_cost": args.max_cost, "max_tokens": args.max_tokens, "max_hours": args.max_hours}
+    return run_session(target, args.agent or target.config.agent.name, _options(args.agent_option), args.experiments,
+                       args.budget, args.tag, args.device, overrides=overrides, limits=limits)
+
+
+def _agent_settings(target: Target, overrides: dict, options: dict):
+    """`[agent]` from autoresearch.toml with the command line's overrides; the options it does not know."""
+    from pydantic import ValidationError
+
+    from .config import AgentSection
+
+    section = target.config.agent
+    known = {key: value for key, value in options.items() if key in AgentSection.model_fields}
+    changes = {**known, **{key: value for key, value in overrides.items() if value is not None}}
+    try:
+        settings = AgentSection.model_validate({**section.model_dump(), **changes}) if changes else section
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise UsageError(f"agent settings from the command line: {problems}") from None
+    return settings, {key: value for key, value in options.items() if key not in known}
+
+
+def _limits(target: Target, limits: Optional[dict]):
+    from .config import LimitsSection
+
+    given = {key: value for key, value in (limits or {}).items() if value is not None}
+    for key, value in given.items():
+        if value <= 0:
+            raise UsageError(f"--{key.replace('_', '-')} must be more than 0")
+    return LimitsSection.model_validate({**target.config.limits.model_dump(), **given})
 
 
 def run_session(target: Target, agent_name: str, agent_options: dict, experiments: Optional[int],
-                budget: Optional[Budget], tag: Optional[str], device: Optional[str]) -> int:
+                budget: Optional[Budget], tag: Optional[str], device: Optional[str],
+                overrides: Optional[dict] = None, limits: Optional[dict] = None) -> int:
     from . import agents
     from .executor import LocalExecutor
     from .session import Session, SessionError
 
+    settings, options = _agent_settings(target, overrides or {}, agent_options)
+    caps = _limits(target, limits)
     try:
-        agent = agents.create(agent_name, **agent_options)
+        agent = agents.create(agent_name, settings=settings, **options)
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"agent {agent_name}: {exc}") from None
     executor = LocalExecutor(device or target.config.run.device)
     _stop_on_sigterm()
     try:
-        session = Session.open(target, agent, agent_name, executor, tag=tag, budget=budget)
+        session = Session.open(target, agent, agent_name, executor, tag=tag, budget=budget, limits=caps)
         print(f"session {session.session_id} on {session.branch}: agent {agent_name}, budget {session.budget}, "
               f"slot {executor.slots()[0].name}")
         try:
@@ -297,9 +330,17 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("run", parents=[common], help="run (or resume) a research session")
-    p.add_argument("--agent", default="search", help="who proposes changes (default: search, offline)")
-    p.add_argument("--agent-option", action="append", metavar="KEY=VALUE", help="an option for the agent")
-    p.add_argument("--experiments", type=int, metavar="N", help="stop after N experiments (0: baseline only)")
+    p.add_argument("--agent", help="who proposes changes: search (offline), claude, claude-code, openai, hybrid, "
+                   "LLM+search, scripted (default: [agent] name in autoresearch.toml, else search)")
+    p.add_argument("--model", help="the LLM agent's model (claude default: claude-opus-5-5)")
+    p.add_argument("--base-url", help="the LLM provider's API at another address (a proxy, a local server)")
+    p.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
+                   help="an option for the agent: any [agent] key (max_turns=20, tools=false, ...) or the agent's own")
+    p.add_argument("--experiments", "--max-experiments", type=int, metavar="N",
+                   help="stop after N experiments (0: baseline only)")
+    p.add_argument("--max-cost", type=float, metavar="USD", help="stop once the agent has spent this much in this session")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="stop once the agent has used this many tokens in this session")
+    p.add_argument("--max-hours", type=float, metavar="H", help="stop after this many hours")
     p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget: 300s, 500steps, 2Mtok")
     p.add_argument("--tag", help="research line; its branch is autoresearch/TAG (default: the latest, or today)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")

@@ -125,6 +125,43 @@ class Knob(_Section):
         return self
 
 
+class Price(_Section):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: Optional[float] = Field(default=None, ge=0)  # default: the input price
+    cache_write: Optional[float] = Field(default=None, ge=0)  # default: the input price
+
+
+class AgentSection(_Section):
+    """`[agent]`: who proposes and how. CLI flags (`--agent`, `--model`, `--base-url`, `--agent-option`) win."""
+
+    name: str = "search"  # search | scripted | claude | claude-code | openai | hybrid | LLM+search
+    model: Optional[str] = None  # default: the backend's own (claude: agents.claude.DEFAULT_MODEL)
+    base_url: Optional[str] = None  # another server for the provider's API (a proxy, a local model)
+    max_tokens: int = Field(default=16000, gt=0)  # per model response, thinking included
+    temperature: Optional[float] = Field(default=None, ge=0, le=2)  # sent only when set
+    effort: Optional[Literal["low", "medium", "high", "xhigh", "max"]] = None  # claude: output_config.effort
+    max_turns: int = Field(default=30, gt=0)  # tool turns per proposal
+    max_retries: int = Field(default=4, ge=0)  # per request, on rate limits and server errors
+    timeout: float = Field(default=600, gt=0)  # seconds per request
+    tools: bool = True  # openai: false = plain-text replies (search/replace blocks or a diff)
+    memory_chars: int = Field(default=24000, ge=2000)  # the research memory's size budget
+    memory_experiments: int = Field(default=40, ge=1)  # rows of the recent-experiments table
+    search_per_llm: int = Field(default=2, ge=0)  # hybrid: knob proposals after each LLM proposal
+    adopt_knobs: bool = True  # hybrid: the search also tunes constants the LLM added or changed
+    prices: dict[str, Price] = {}  # model -> price, over the built-in table (autoresearch.costs)
+
+
+class LimitsSection(_Section):
+    """`[limits]`: when a session stops by itself (`run --max-cost/--max-tokens/--max-hours` win)."""
+
+    max_cost: Optional[float] = Field(default=None, gt=0)  # USD the agent may spend in one session
+    max_tokens: Optional[int] = Field(default=None, gt=0)  # tokens (in + out) the agent may use in one session
+    max_hours: Optional[float] = Field(default=None, gt=0)  # wall-clock hours of one session
+
+
 class Config(_Section):
     target: TargetSection = TargetSection()
     commands: Commands
@@ -134,6 +171,8 @@ class Config(_Section):
     run: RunSection = RunSection()
     judge: JudgeSection = JudgeSection()
     knobs: list[Knob] = []
+    agent: AgentSection = AgentSection()
+    limits: LimitsSection = LimitsSection()
 
     @model_validator(mode="after")
     def _knobs_are_editable(self) -> "Config":

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
+from .costs import Usage
 from .records import Experiment, Flag, RunRecord, RunState, State
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -83,6 +84,24 @@ MIGRATIONS: list[tuple[str, str]] = [
             created_at REAL NOT NULL
         );
         CREATE INDEX flags_by_experiment ON flags(experiment_id);
+    """),
+    ("003_agent_costs", """
+        CREATE TABLE agent_costs (
+            id INTEGER PRIMARY KEY,
+            experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+            session_id INTEGER REFERENCES sessions(id),
+            agent TEXT NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            requests INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX agent_costs_by_experiment ON agent_costs(experiment_id);
+        CREATE INDEX agent_costs_by_session ON agent_costs(session_id);
     """),
     ("004_statistics", """
         ALTER TABLE experiments ADD COLUMN effect REAL;
@@ -283,6 +302,37 @@ class Ledger:
                 "UPDATE experiments SET state = ?, reason = ?, finished_at = ? WHERE tag = ? AND state IN (?, ?)",
                 (State.INTERRUPTED.value, reason, time.time(), tag, State.PROPOSED.value, State.RUNNING.value))
         return ids
+
+    # ---------------------------------------------------------------- agent costs (tokens and dollars per proposal)
+
+    _COST_COLUMNS = "model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, requests, cost_usd"
+
+    def add_agent_cost(self, experiment_id: int, session_id: Optional[int], agent: str, usage: Usage) -> None:
+        with self._transaction():
+            self.db.execute(
+                f"INSERT INTO agent_costs (experiment_id, session_id, agent, {self._COST_COLUMNS}, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (experiment_id, session_id, agent, usage.model, usage.input_tokens, usage.output_tokens,
+                 usage.cache_read_tokens, usage.cache_write_tokens, usage.requests, usage.cost_usd, time.time()))
+
+    def agent_costs(self, tag: str) -> dict[int, Usage]:
+        """Experiment index -> what its proposal cost, for the experiments that were proposed by a paid agent."""
+        rows = self.db.execute(
+            f"SELECT e.idx, {', '.join('c.' + c for c in self._COST_COLUMNS.split(', '))} FROM agent_costs c "
+            "JOIN experiments e ON e.id = c.experiment_id WHERE e.tag = ? ORDER BY c.id", (tag,)).fetchall()
+        out: dict[int, Usage] = {}
+        for index, *fields in rows:
+            usage = Usage(*fields)
+            out[index] = out[index] + usage if index in out else usage
+        return out
+
+    def session_spend(self, session_id: int) -> Usage:
+        """Everything the agent used in one session (cost None when any proposal's price was unknown)."""
+        total = Usage(cost_usd=0.0)
+        for fields in self.db.execute(f"SELECT {self._COST_COLUMNS} FROM agent_costs WHERE session_id = ?",
+                                      (session_id,)):
+            total = total + Usage(*fields)
+        return total
 
     # ---------------------------------------------------------------- queries
 

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import IO, Callable, Optional
 
 from . import integrity, judge, knobs as knob_values, scope, stats, verify
-from .agents import Agent, AgentExhausted, Context, Proposal, ProposalError
+from .agents import Agent, AgentError, AgentExhausted, Context, Proposal, ProposalError
 from .budget import Budget
+from .config import LimitsSection
+from .costs import dollars
 from .executor import Executor, Slot, kill_leftovers
 from .gitrepo import Git
 from .ledger import Ledger
@@ -71,6 +73,7 @@ class Session:
     session_id: Optional[int] = None
     protected: Optional[dict] = None  # {path: blob} of the protected files at the research line's base
     lock: Optional[IO] = None  # held while the session lives; the OS releases it if the process dies
+    limits: LimitsSection = LimitsSection()  # agent spend and wall-clock caps of this session
 
     @property
     def branch(self) -> str:
@@ -80,7 +83,8 @@ class Session:
 
     @classmethod
     def open(cls, target: Target, agent: Agent, agent_name: str, executor: Executor, *, tag: Optional[str] = None,
-             budget: Optional[Budget] = None, say: Callable[[str], None] = print) -> "Session":
+             budget: Optional[Budget] = None, say: Callable[[str], None] = print,
+             limits: Optional[LimitsSection] = None) -> "Session":
         git = target.git
         if not git.is_repo():
             raise SessionError(f"{target.root} is not a git repository (run `git init` and commit the target first)")
@@ -91,7 +95,7 @@ class Session:
         ledger = Ledger(target.ledger_path)
         tag = tag or ledger.latest_tag() or default_tag()
         session = cls(target, ledger, agent, agent_name, executor, tag, budget or target.config.default_budget(),
-                      list(target.config.run.seeds), say, lock=lock)
+                      list(target.config.run.seeds), say, lock=lock, limits=limits or target.config.limits)
         try:
             session._ensure_tag()
             session._recover()
@@ -147,8 +151,9 @@ class Session:
     # ---------------------------------------------------------------- the loop
 
     def run(self, experiments: Optional[int] = None, final_test: bool = True) -> str:
-        """Run the baseline if needed, then `experiments` experiments (None: until stopped), then the held-out
-        test of the best commit (unless stopped by the user)."""
+        """Run the baseline if needed, then `experiments` experiments (None: until stopped or a limit is
+        reached), then the held-out test of the best commit (unless stopped by the user)."""
+        started = time.monotonic()
         slot = self.executor.slots()[0]
         worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
         reason = "stopped"
@@ -158,7 +163,7 @@ class Session:
                 if baseline.state is not State.BASELINE:
                     reason = f"the baseline failed ({baseline.reason}); fix the target and run again"
                     raise SessionError(reason)
-            reason = self._loop(worktree, slot, experiments)
+            reason = self._loop(worktree, slot, experiments, started)
             self.say(reason)
             if final_test and experiments != 0:
                 self.heldout_test(self.target.config.judge.final_test_seeds)
@@ -170,10 +175,13 @@ class Session:
         finally:
             self.ledger.end_session(self.session_id, reason)
 
-    def _loop(self, worktree: Git, slot: Slot, experiments: Optional[int]) -> str:
+    def _loop(self, worktree: Git, slot: Slot, experiments: Optional[int], started: float) -> str:
         done, failures = 0, 0
         try:
             while experiments is None or done < experiments:
+                reached = self._limit_reached(started)
+                if reached:
+                    return f"stopped: {reached}"
                 experiment = self.step(worktree, slot)
                 done += 1
                 failures = failures + 1 if experiment.reason.startswith("agent error") else 0
@@ -207,27 +215,35 @@ class Session:
         history = tuple(self.ledger.experiments(self.tag))
         context = Context(self.target.config, self.target.program(), self._editable_files(worktree),
                           parent, self.ledger.baseline(self.tag), history)
+        usage = None  # what the proposal cost (LLM agents), recorded with the experiment whatever happens
         try:
             proposal = self.agent.propose(context)
+            usage = proposal.meta.get("usage")
             self._apply(worktree, proposal)
         except (AgentExhausted, KeyboardInterrupt):
             raise
         except ProposalError as exc:
-            return self._reject(parent, Proposal("(malformed proposal)"), f"malformed proposal: {exc}")
+            return self._spent(self._reject(parent, Proposal("(malformed proposal)"), f"malformed proposal: {exc}"),
+                               getattr(exc, "usage", None) or usage)
+        except AgentError as exc:
+            return self._spent(self._reject(parent, Proposal("(no proposal)"), f"agent error: {exc}"), exc.usage)
         except Exception as exc:  # an agent's bug or outage is a recorded value, never the loop's end
-            return self._reject(parent, Proposal("(no proposal)"), f"agent error: {type(exc).__name__}: {exc}")
+            return self._spent(self._reject(parent, Proposal("(no proposal)"),
+                                            f"agent error: {type(exc).__name__}: {exc}"), usage)
+        proposer = proposal.meta.get("agent") or self.agent_name  # a hybrid says which of its agents proposed
 
         changes = worktree.stage_changes()
         diff, added, removed = worktree.staged_diff()
         problem = scope.violation(changes, worktree.root, self.target.config,
                                   before=lambda path: worktree.run("show", f"HEAD:{path}", check=False))
         if problem:
-            return self._reject(parent, proposal, problem, diff, added, removed)
-        commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {self.tag}: proposed by {self.agent_name}")
+            return self._spent(self._reject(parent, proposal, problem, diff, added, removed, agent=proposer), usage)
+        commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {self.tag}: proposed by {proposer}")
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=parent.commit, commit=commit,
-            description=proposal.description, agent=self.agent_name, diff=diff, lines_added=added,
+            description=proposal.description, agent=proposer, diff=diff, lines_added=added,
             lines_removed=removed, knobs=self._knob_values(worktree.root))
+        self._spent(experiment, usage)
         self.target.git.update_ref(self._experiment_ref(experiment), commit)
         return self._execute(experiment, worktree, slot, best=parent)
 
@@ -399,13 +415,39 @@ class Session:
                               split="test", kind="heldout")
 
     def _reject(self, parent: Experiment, proposal: Proposal, reason: str, diff: str = "", added: int = 0,
-                removed: int = 0) -> Experiment:
+                removed: int = 0, agent: Optional[str] = None) -> Experiment:
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.REJECTED, parent=parent.commit, commit=None,
-            description=proposal.description, agent=self.agent_name, diff=diff, lines_added=added,
+            description=proposal.description, agent=agent or self.agent_name, diff=diff, lines_added=added,
             lines_removed=removed, reason=reason)
         self._report(experiment, parent)
         return experiment
+
+    # ---------------------------------------------------------------- agent spend and caps
+
+    def _spent(self, experiment: Experiment, usage) -> Experiment:
+        """Record what the proposal behind `experiment` cost (nothing for agents that do not pay)."""
+        if usage is not None and (usage.tokens or usage.requests):
+            self.ledger.add_agent_cost(experiment.id, self.session_id, experiment.agent, usage)
+        return experiment
+
+    def _limit_reached(self, started: float) -> Optional[str]:
+        """Which cap of this session is reached, if any (checked before each proposal)."""
+        limits = self.limits
+        if limits.max_hours is not None and time.monotonic() - started >= limits.max_hours * 3600:
+            return f"--max-hours {limits.max_hours:g} reached"
+        if limits.max_cost is None and limits.max_tokens is None:
+            return None
+        spent = self.ledger.session_spend(self.session_id)
+        if limits.max_tokens is not None and spent.tokens >= limits.max_tokens:
+            return f"--max-tokens {limits.max_tokens} reached: the agent used {spent.tokens:,} tokens in this session"
+        if limits.max_cost is not None:
+            if spent.cost_usd is None:
+                return (f"--max-cost cannot be enforced: the price of {spent.model or 'the model'} is unknown "
+                        "(add it under [agent.prices] in autoresearch.toml, or cap with --max-tokens)")
+            if spent.cost_usd >= limits.max_cost:
+                return f"--max-cost {dollars(limits.max_cost)} reached: the agent spent {dollars(spent.cost_usd)} in this session"
+        return None
 
     # ---------------------------------------------------------------- helpers
 

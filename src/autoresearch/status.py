@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Optional
 
 from .config import Config
+from .costs import Usage, dollars
 from .ledger import Ledger
 from .records import Experiment, State
 
@@ -25,6 +26,10 @@ def status_dict(ledger: Ledger, tag: str, config: Config) -> dict:
     experiments = ledger.experiments(tag)
     best, baseline = ledger.best(tag), ledger.baseline(tag)
     counts = Counter(e.state.value for e in experiments if e.state is not State.BASELINE)
+    costs = ledger.agent_costs(tag)
+    entries = [experiment_dict(e) for e in experiments]
+    for entry in entries:
+        entry["agent_cost"] = costs[entry["id"]].as_dict() if entry["id"] in costs else None
     return {
         "tag": tag,
         "branch": ledger.tag(tag)["branch"],
@@ -35,14 +40,25 @@ def status_dict(ledger: Ledger, tag: str, config: Config) -> dict:
         "counts": {state.value: counts.get(state.value, 0) for state in State
                    if state not in (State.BASELINE, State.PROPOSED)},
         "kept_chain": [e.index for e in experiments if e.state in (State.BASELINE, State.KEPT)],
-        "experiments": [experiment_dict(e) for e in experiments],
+        "experiments": entries,
         "sessions": ledger.sessions(tag),
         "rejections": [{"id": e.index, "description": e.description, "reason": e.reason}
                        for e in experiments if e.state is State.REJECTED],
         "flags": ledger.flags(tag),
         "noise": ledger.noise_history(tag),
         "verifications": ledger.verifications(tag),
+        "agent_cost": _spend(costs.values()),
     }
+
+
+def _spend(usages) -> dict:
+    """What the agent's proposals cost in all: tokens, dollars (None when any price was unknown)."""
+    usages = list(usages)
+    total = sum(usages, Usage(cost_usd=0.0))
+    models = sorted({u.model for u in usages if u.model})
+    return {**total.as_dict(), "model": ", ".join(models), "proposals": len(usages),
+            "cost_per_proposal_usd": total.cost_usd / len(usages) if usages and total.cost_usd is not None else None,
+            "unpriced_proposals": sum(1 for u in usages if u.cost_usd is None)}
 
 
 def _improvement(baseline: Optional[Experiment], best: Optional[Experiment], config: Config) -> Optional[float]:
@@ -72,6 +88,14 @@ def render(status: dict) -> str:
     counts = status["counts"]
     lines.append("experiments: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n) if any(
         counts.values()) else "experiments: none yet")
+    spend = status.get("agent_cost")
+    if spend and spend["proposals"]:
+        cost = dollars(spend["cost_usd"]) if spend["cost_usd"] is not None else (
+            f"unknown ({spend['unpriced_proposals']} proposals by a model with no price)")
+        per = f", {dollars(spend['cost_per_proposal_usd'])} per proposal" if spend["cost_per_proposal_usd"] else ""
+        lines.append(f"agent cost: {cost}{per} over {spend['proposals']} proposals ({spend['model']}); tokens: "
+                     f"{spend['input_tokens']:,} in, {spend['cache_read_tokens']:,} cache read, "
+                     f"{spend['cache_write_tokens']:,} cache write, {spend['output_tokens']:,} out")
     lines.append("")
     lines.append("kept chain:")
     by_id = {e["id"]: e for e in status["experiments"]}

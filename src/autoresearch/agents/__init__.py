@@ -6,6 +6,10 @@ the same registry, so the loop never imports a concrete agent:
     class MyAgent(Agent):
         name = "mine"
         def propose(self, context: Context) -> Proposal: ...
+
+`create("claude+search")` makes the hybrid of two registered agents (agents/hybrid.py). An agent
+that pays for its proposals puts a `costs.Usage` in `Proposal.meta["usage"]` (or on the error it
+raises), and the session records it in the ledger.
 """
 
 from __future__ import annotations
@@ -44,6 +48,19 @@ class Proposal:
 class ProposalError(Exception):
     """The agent's output cannot be turned into a change (recorded as a rejected experiment)."""
 
+    def __init__(self, message: str, usage=None):
+        super().__init__(message)
+        self.usage = usage  # a costs.Usage: what the failed proposal cost
+
+
+class AgentError(Exception):
+    """The agent could not propose: its provider failed after retries, it never finished, it answered
+    nonsense. Recorded as an agent error; a run of them pauses the session."""
+
+    def __init__(self, message: str, usage=None):
+        super().__init__(message)
+        self.usage = usage
+
 
 class AgentExhausted(Exception):
     """The agent has nothing more to propose; the session ends cleanly."""
@@ -63,6 +80,10 @@ class Agent(ABC):
 BUILTIN = {
     "search": "autoresearch.agents.search:SearchAgent",
     "scripted": "autoresearch.agents.scripted:ScriptedAgent",
+    "claude": "autoresearch.agents.claude:ClaudeAgent",
+    "claude-code": "autoresearch.agents.claude_code:ClaudeCodeAgent",
+    "openai": "autoresearch.agents.openai_chat:OpenAIAgent",
+    "hybrid": "autoresearch.agents.hybrid:HybridAgent",
 }
 
 
@@ -71,7 +92,12 @@ def available() -> list[str]:
 
 
 def create(name: str, **options) -> Agent:
-    """The agent registered as `name`, constructed with `options`."""
+    """The agent registered as `name`, constructed with `options`; "A+B" is the hybrid of A (the LLM) and B."""
+    if "+" in name:
+        from .hybrid import HybridAgent
+
+        llm, _, search = name.partition("+")
+        return HybridAgent(llm=llm, search=search, **options)
     if name in BUILTIN:
         module, _, attr = BUILTIN[name].partition(":")
         cls = getattr(importlib.import_module(module), attr)
@@ -80,4 +106,13 @@ def create(name: str, **options) -> Agent:
         if not found:
             raise ValueError(f"unknown agent {name!r}; available: {', '.join(available())}")
         cls = found[0].load()
+    if "settings" in options and not _accepts(cls, "settings"):
+        options.pop("settings")  # [agent] settings go to the agents that take them
     return cls(**options)
+
+
+def _accepts(cls, name: str) -> bool:
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
