@@ -4,6 +4,7 @@ Real training (PyTorch on the CPU) under a fixed-step budget, so the numbers are
 """
 
 import json
+import subprocess
 
 import pytest
 
@@ -18,6 +19,10 @@ STEPS = "12steps"
 def target(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e") / "research"
     assert run_cli("init", root).code == 0
+    config = root / "autoresearch.toml"  # a quicker judge: two calibration runs, at most two runs per change
+    config.write_text(config.read_text().replace("calibrate_seeds = 5", "calibrate_seeds = 2")
+                      .replace("max_runs = 4", "max_runs = 2").replace("final_test_seeds = 3", "final_test_seeds = 2"))
+    subprocess.run(["git", "-C", str(root), "commit", "-qam", "a quicker judge"], check=True)
     prepared = run_cli("prepare", "-C", root, "--data", "stdlib")
     assert prepared.code == 0, prepared.text
     script = root.parent / "script.json"
@@ -70,8 +75,6 @@ def test_a_model_that_looks_ahead_is_rejected_by_the_evaluator(target):
 
 
 def test_the_branch_holds_the_best_commit(target):
-    import subprocess
-
     best = status(target)["best"]
     branch = subprocess.run(["git", "-C", str(target), "rev-parse", "autoresearch/e2e"], capture_output=True,
                             text=True, check=True).stdout.strip()

@@ -6,6 +6,7 @@ The last test does the same on the built-in GPT target with fixed-step budgets.
 """
 
 import json
+import subprocess
 
 import pytest
 
@@ -138,9 +139,12 @@ def test_calibrate_and_verify_on_the_gpt_target(tmp_path):
     root = tmp_path / "gpt"
     assert run_cli("init", root).code == 0
     assert run_cli("prepare", "-C", root, "--data", "stdlib").code == 0
+    config = root / "autoresearch.toml"
+    config.write_text(config.read_text().replace("calibrate_seeds = 5", "calibrate_seeds = 2"))
+    subprocess.run(["git", "-C", str(root), "commit", "-qam", "calibrate on 2 seeds"], check=True)
     first = run_cli("run", "-C", root, "--budget", "6steps", "--experiments", "0")
     assert first.code == 0, first.text
-    calibrated = run_cli("calibrate", "-C", root, "--seeds", "2", "--budget", "6steps")
+    calibrated = run_cli("calibrate", "-C", root, "--seeds", "1", "--budget", "6steps")
     assert calibrated.code == 0, calibrated.text
     assert "steps per run: 6.0" in calibrated.out
     verified = run_cli("verify", "-C", root, "--seeds", "2", "--budget", "6steps", "--scale", "depth=+1",
