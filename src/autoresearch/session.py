@@ -68,7 +68,6 @@ class Session:
     executor: Executor
     tag: str
     budget: Budget
-    seeds: list[int]
     say: Callable[[str], None] = print
     session_id: Optional[int] = None
     protected: Optional[dict] = None  # {path: blob} of the protected files at the research line's base
@@ -95,7 +94,7 @@ class Session:
         ledger = Ledger(target.ledger_path)
         tag = tag or ledger.latest_tag() or default_tag()
         session = cls(target, ledger, agent, agent_name, executor, tag, budget or target.config.default_budget(),
-                      list(target.config.run.seeds), say, lock=lock, limits=limits or target.config.limits)
+                      say, lock=lock, limits=limits or target.config.limits)
         try:
             session._ensure_tag()
             session._recover()
@@ -319,7 +318,7 @@ class Session:
         gains = [e.effect for e in self.ledger.experiments(self.tag) if e.state is State.KEPT and e.effect]
         return max(gains) if gains else None
 
-    def _record_noise(self, experiment: Experiment, runs: Optional[list] = None) -> dict:
+    def _record_noise(self, experiment: Experiment) -> dict:
         values = experiment.metrics
         steps = [r.metrics["num_steps"] for r in experiment.runs if r.state is RunState.OK
                  and "num_steps" in r.metrics]
