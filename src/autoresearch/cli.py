@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -155,38 +156,38 @@ def run_session(target: Target, agent_name: str, agent_options: dict, experiment
     return 0 if not reason.startswith("paused") else 1
 
 
-def _open_session(target: Target, purpose: str, tag: Optional[str], budget: Optional[Budget], device: Optional[str]):
-    """A session on an existing research line for a harness job (calibrate, verify): no agent."""
+@contextmanager
+def _harness_session(target: Target, purpose: str, args):
+    """A session on an existing research line for a harness job (calibrate, verify): no agent. Ends
+    recorded in the ledger however the job ends."""
     from .executor import LocalExecutor
     from .session import Session
 
-    if tag is None and _existing_tag(target, None) is None:
+    if args.tag is None and _existing_tag(target, None) is None:
         raise UsageError(f"nothing to {purpose}: no research yet (`autoresearch run` starts with the baseline)")
     _stop_on_sigterm()
-    return Session.open(target, None, purpose, LocalExecutor(device or target.config.run.device), tag=tag,
-                        budget=budget)
+    session = Session.open(target, None, purpose, LocalExecutor(args.device or target.config.run.device),
+                           tag=args.tag, budget=args.budget)
+    reason = f"{purpose}: done"
+    try:
+        yield session
+    except KeyboardInterrupt:
+        reason = "stopped by the user"
+        raise
+    except BaseException as exc:
+        reason = f"{purpose} failed: {exc}"
+        raise
+    finally:
+        session.ledger.end_session(session.session_id, reason)
+        session.close()
 
 
 def cmd_calibrate(args) -> int:
-    from .session import SessionError
-
     target = Target.open(args.C)
     name = target.config.metric.name
-    try:
-        session = _open_session(target, "calibrate", args.tag, args.budget, args.device)
-        reason = "calibrated"
-        try:
-            record = session.calibrate(args.seeds)
-            noise = session.noise()
-        except KeyboardInterrupt:
-            reason = "stopped by the user"
-            raise
-        finally:
-            session.ledger.end_session(session.session_id, reason)
-            session.close()
-    except SessionError as exc:
-        print(f"autoresearch: {exc}", file=sys.stderr)
-        return 1
+    with _harness_session(target, "calibrate", args) as session:
+        record = session.calibrate(args.seeds)
+        noise = session.noise()
     if record["sd"] is None:
         print(f"calibration: {record['runs']} successful run(s): too few for a spread")
         return 1
@@ -202,7 +203,6 @@ def cmd_calibrate(args) -> int:
 
 def cmd_verify(args) -> int:
     from . import verify
-    from .session import SessionError
 
     target = Target.open(args.C)
     try:
@@ -211,33 +211,21 @@ def cmd_verify(args) -> int:
         raise UsageError(str(exc)) from None
     if args.seeds < 2:
         raise UsageError("--seeds must be 2 or more: the interval needs pairs")
-    try:
-        session = _open_session(target, "verify", args.tag, args.budget, args.device)
-        reason = "verified"
+    with _harness_session(target, "verify", args) as session:
+        baseline = session.ledger.baseline(session.tag)
+        if baseline is None:
+            raise UsageError("the research line has no baseline yet")
+        candidate = target.git.resolve(args.commit) if args.commit else session.ledger.best(session.tag).commit
+        if candidate is None:
+            raise UsageError(f"no commit {args.commit!r} in {target.root}")
+        slot = session.executor.slots()[0]
+        worktree = target.git.add_worktree(target.worktrees / slot.name, candidate)
         try:
-            baseline = session.ledger.baseline(session.tag)
-            candidate = args.commit and target.git.resolve(args.commit)
-            if args.commit and not candidate:
-                raise UsageError(f"no commit {args.commit!r} in {target.root}")
-            candidate = candidate or session.ledger.best(session.tag).commit
-            if baseline is None:
-                raise UsageError("the research line has no baseline yet")
-            slot = session.executor.slots()[0]
-            worktree = target.git.add_worktree(target.worktrees / slot.name, candidate)
             summary = verify.compare(session, worktree, slot, baseline.commit, candidate,
                                      seeds=list(range(args.seeds)), split=args.split, kind="verify",
                                      budget=args.budget, scales=scales)
-        except KeyboardInterrupt:
-            reason = "stopped by the user"
-            raise
         except verify.VerifyError as exc:
             raise UsageError(str(exc)) from None
-        finally:
-            session.ledger.end_session(session.session_id, reason)
-            session.close()
-    except SessionError as exc:
-        print(f"autoresearch: {exc}", file=sys.stderr)
-        return 1
     effect = summary["effect"]
     name = target.config.metric.name
     for role in ("baseline", "candidate"):
@@ -394,6 +382,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from .session import SessionError
+
+        if not isinstance(exc, SessionError):
+            raise
+        print(f"autoresearch: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("autoresearch: interrupted", file=sys.stderr)
         return 130

@@ -29,7 +29,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from scipy.stats import t as student_t
+from scipy.special import stdtrit  # the Student t quantile: scipy.stats would cost seconds to import
 
 STOP_CONFIDENCE = 0.7  # a run whose effect is below the margin even at this upper confidence bound stops
 
@@ -82,7 +82,7 @@ def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[f
     mean = statistics.fmean(values)
     if n < 2:
         return (mean, mean) if n else (float("nan"), float("nan"))
-    half = student_t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    half = stdtrit(n - 1, 0.5 + level / 2) * statistics.stdev(values) / math.sqrt(n)
     return mean - half, mean + half
 
 
@@ -97,10 +97,10 @@ class Rule:
 
     def t_keep(self, df: int) -> float:
         looks = max(1, self.max_runs - 1)
-        return float(student_t.ppf(1 - self.significance / looks, df))
+        return float(stdtrit(df, 1 - self.significance / looks))
 
     def t_stop(self, df: int) -> float:
-        return float(student_t.ppf(STOP_CONFIDENCE, df))
+        return float(stdtrit(df, STOP_CONFIDENCE))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from scipy.stats import t as student_t
+from scipy.special import stdtrit  # the Student t quantile: scipy.stats would cost seconds to import
 
 from . import knobs, scope
 from .budget import Budget
@@ -96,7 +96,7 @@ def paired_effect(baseline: list[Optional[float]], candidate: list[Optional[floa
     effect = statistics.fmean(diffs)
     if len(diffs) < 2:
         return {"pairs": 1, "effect": effect, "ci": None, "verdict": "one pair: no interval"}
-    half = student_t.ppf(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    half = stdtrit(len(diffs) - 1, 0.5 + level / 2) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     low, high = effect - half, effect + half
     verdict = "holds" if low > 0 else "reverses" if high < 0 else "inconclusive"
     return {"pairs": len(diffs), "effect": effect, "ci": [low, high], "verdict": verdict}
