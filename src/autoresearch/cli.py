@@ -43,6 +43,12 @@ def _options(pairs: list[str]) -> dict:
     return options
 
 
+def _programs() -> dict:
+    from .programs import PROGRAMS
+
+    return PROGRAMS
+
+
 def _stop_on_sigterm() -> None:
     """SIGTERM (a scheduler, `kill`) stops the session as cleanly as Ctrl-C does."""
     def handler(signum, frame):
@@ -58,10 +64,10 @@ def cmd_init(args) -> int:
 
     directory = args.C / args.directory
     try:
-        init(directory, args.template)
+        init(directory, args.template, args.program)
     except (FileExistsError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    print(f"created {directory}: the built-in {args.template} target, committed on branch main")
+    print(f"created {directory}: the built-in {args.template} target, program {args.program}, committed on branch main")
     print(f"next: cd {directory} && autoresearch prepare && autoresearch run")
     return 0
 
@@ -287,6 +293,58 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_suggest(args) -> int:
+    from .ledger import Ledger
+
+    target = Target.open(args.C)
+    text = " ".join(args.text).strip()
+    if not text:
+        raise UsageError("say what to suggest: autoresearch suggest \"try a cosine schedule\"")
+    tag = _existing_tag(target, args.tag)
+    ledger = Ledger(target.ledger_path)
+    try:
+        suggestion = ledger.add_suggestion(text, tag, source="cli")
+        waiting = len(ledger.pending_suggestions(tag or ""))
+    finally:
+        ledger.close()
+    line = f"research line {tag}" if tag else "the next research line"
+    print(f"suggestion #{suggestion.id} queued for {line}: {text}")
+    print("the next proposal considers it" if waiting == 1 else
+          f"{waiting - 1} suggestion(s) are ahead of it: each proposal takes up the oldest one")
+    if not _session_running(target):
+        print("no session is running on this target: `autoresearch run` will take it up")
+    return 0
+
+
+def cmd_control(args) -> int:
+    from . import control
+
+    target = Target.open(args.C)
+    control.write(target.state, args.command, by="cli")
+    running = _session_running(target)
+    print({"pause": "pause requested: the session holds before its next proposal, until `autoresearch resume`",
+           "resume": "resume requested: a paused session goes on with its next proposal",
+           "stop": "stop requested: the session ends cleanly after the experiment it is running"}[args.command]
+          + ("" if running else " (no session is running on this target: the next `autoresearch run` starts afresh)"))
+    return 0
+
+
+def _session_running(target: Target) -> bool:
+    """Whether a session holds the target's lock (see session._lock)."""
+    import fcntl
+
+    path = target.state / "session.lock"
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def cmd_demo(args) -> int:
     from .demo import demo
 
@@ -308,6 +366,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", parents=[common], help="create a target repository from a built-in template")
     p.add_argument("directory")
     p.add_argument("--template", default="gpt", help="built-in target (default: gpt)")
+    p.add_argument("--program", default="train", metavar="NAME",
+                   help="what the agent researches: " + "; ".join(f"{p.name}: {p.summary}" for p in
+                                                                  _programs().values()) + " (default: train)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("prepare", parents=[common], help="make the data and tokenizer the target needs")
@@ -362,6 +423,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tsv", metavar="FILE", help="write karpathy/autoresearch's results.tsv format")
     p.add_argument("--tag", help="research line (default: the latest)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("suggest", parents=[common], help="queue an idea for the next proposal to consider")
+    p.add_argument("text", nargs="+", help="the idea, in words")
+    p.add_argument("--tag", help="research line (default: the latest)")
+    p.set_defaults(func=cmd_suggest)
+
+    for command, what in (("pause", "hold a running session before its next proposal"),
+                          ("resume", "let a paused session go on"),
+                          ("stop", "end a running session cleanly after its current experiment")):
+        p = sub.add_parser(command, parents=[common], help=what)
+        p.set_defaults(func=cmd_control)
 
     p = sub.add_parser("demo", parents=[common], help="offline demo: init + prepare + run the search agent on the built-in target")
     p.add_argument("--dir", default="autoresearch-demo", help="where to create the demo target")

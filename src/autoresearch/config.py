@@ -125,6 +125,22 @@ class Knob(_Section):
         return self
 
 
+class Constraint(_Section):
+    """`[[constraints]]`: a bound on another number of every run; a change that breaks one is discarded."""
+
+    metric: str  # a number of the run's metrics (metrics.json, `key: value` lines), or run_seconds (the harness's clock)
+    max: Optional[float] = None  # the mean over the change's runs must be at most this ...
+    min: Optional[float] = None  # ... at least this
+    max_ratio: Optional[float] = Field(default=None, gt=0)  # ... at most this times the baseline's mean
+    min_ratio: Optional[float] = Field(default=None, gt=0)  # ... at least this times the baseline's mean
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "Constraint":
+        if all(bound is None for bound in (self.max, self.min, self.max_ratio, self.min_ratio)):
+            raise ValueError("a constraint needs a bound: max, min, max_ratio or min_ratio")
+        return self
+
+
 class Price(_Section):
     """USD per million tokens."""
 
@@ -171,6 +187,7 @@ class Config(_Section):
     run: RunSection = RunSection()
     judge: JudgeSection = JudgeSection()
     knobs: list[Knob] = []
+    constraints: list[Constraint] = []
     agent: AgentSection = AgentSection()
     limits: LimitsSection = LimitsSection()
 

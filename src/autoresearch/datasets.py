@@ -11,6 +11,13 @@ writes the layout the built-in `gpt` target reads:
     <data>/val.bin, test.bin held-out splits, read only by the trusted evaluator
     <data>/meta.json         everything, including which document went to which split
 
+Several sources at once (`--data shakespeare,stdlib,pydocs`, optionally weighted:
+`--data shakespeare:2,stdlib:1`) are split one by one, share one tokenizer trained on all their
+training documents, and write one train.bin with each source's tokens in a block of its own
+(`train/meta.json` "sources": start and end token of each). Their held-out splits stay apart,
+`val.<source>.bin` and `test.<source>.bin`, and `meta.json` "mix" holds the weights: the fixed
+validation mix the evaluator scores (each source's bits per byte, averaged with these weights).
+
 Run it through the target: `python prepare.py --data shakespeare [--vocab 4096]`.
 """
 
@@ -19,12 +26,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import re
 import subprocess
 import sys
 import sysconfig
 import tarfile
 import tempfile
+from itertools import chain, zip_longest
 from pathlib import Path
 from typing import Iterator
 
@@ -179,8 +188,12 @@ class Stdlib(DataSource):
 
     def documents(self, path: Path) -> Iterator[tuple[str, str]]:
         skip = {"site-packages", "dist-packages", "__pycache__"}
-        files = sorted(f.relative_to(path).as_posix() for f in path.rglob("*.py")
-                       if f.is_file() and not skip.intersection(f.relative_to(path).parts))
+        files = []
+        for folder, subfolders, names in os.walk(path):  # never descends into the skipped folders (pip may be at work there)
+            subfolders[:] = [name for name in subfolders if name not in skip]
+            files += [(Path(folder) / name).relative_to(path).as_posix() for name in names if name.endswith(".py")
+                      and (Path(folder) / name).is_file()]
+        files.sort()
         total = 0
         for name in files:
             data = (path / name).read_bytes()
@@ -188,6 +201,27 @@ class Stdlib(DataSource):
                 break
             total += len(data)
             yield name, data.decode("utf-8", errors="replace")
+
+
+@register
+class PyDocs(DataSource):
+    """The help topics of the Python language reference that ship with the interpreter
+    (`pydoc_data.topics`): about 0.5 MB of English technical prose in 79 documents, no download."""
+
+    name = "pydocs"
+
+    @property
+    def version(self) -> str:
+        return f"python{'.'.join(map(str, sys.version_info[:3]))}"
+
+    def fetch(self, cache_dir: Path) -> Path:
+        return Path(cache_dir)
+
+    def documents(self, path: Path) -> Iterator[tuple[str, str]]:
+        from pydoc_data.topics import topics
+
+        for name in sorted(topics):
+            yield name, topics[name]
 
 
 class HubSource(DataSource):
@@ -269,11 +303,11 @@ def split_documents(sizes: dict[str, int]) -> dict[str, list[str]]:
     return {split: sorted(names) for split, names in splits.items()}
 
 
-def read_documents(source: DataSource, path) -> tuple[dict[str, str], int]:
+def read_documents(source: DataSource, path, seen: set[bytes] | None = None) -> tuple[dict[str, str], int]:
     """The source's documents by name, without empty ones and exact copies (which could leak across
-    splits); and how many were dropped."""
+    splits; `seen` carries the digests of other sources' documents); and how many were dropped."""
     texts: dict[str, str] = {}
-    seen: set[bytes] = set()
+    seen = set() if seen is None else seen
     dropped = 0
     for name, text in source.documents(path):
         if name in texts:
@@ -287,37 +321,98 @@ def read_documents(source: DataSource, path) -> tuple[dict[str, str], int]:
     return texts, dropped
 
 
-def prepare(data_dir: Path | str, source: str | DataSource = "shakespeare", vocab: int | None = None,
+def mixture(spec: str | DataSource | list, shards: int | None = None,
+            max_bytes: int | None = None) -> list[tuple[DataSource, float]]:
+    """Sources and their validation weights from "shakespeare", "shakespeare,stdlib" or "shakespeare:2,stdlib:1"
+    (a weight is a source's share of the validation mix; default 1 each), or from DataSource objects."""
+    items = spec if isinstance(spec, list) else [spec] if isinstance(spec, DataSource) else \
+        [part.strip() for part in spec.split(",") if part.strip()]
+    if not items:
+        raise DataError("no data source given")
+    out: list[tuple[DataSource, float]] = []
+    for item in items:
+        if isinstance(item, tuple):
+            out.append(item)
+            continue
+        if isinstance(item, DataSource):
+            out.append((item, 1.0))
+            continue
+        name, _, weight = item.partition(":")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise DataError(f"--data {item!r}: the weight after ':' must be a number") from None
+        if value < 0:
+            raise DataError(f"--data {item!r}: a weight must be 0 or more")
+        options = {"shards": shards, "max_bytes": max_bytes}
+        if len(items) > 1 and name in SOURCES:  # in a mixture, each source takes the options it knows
+            accepted = inspect.signature(SOURCES[name]).parameters
+            options = {key: value for key, value in options.items() if key in accepted}
+        out.append((get_source(name, **options), value))
+    names = [source.name for source, _ in out]
+    if len(set(names)) < len(names):
+        raise DataError(f"--data names a source twice: {', '.join(names)}")
+    if sum(weight for _, weight in out) <= 0:
+        raise DataError("--data: at least one source needs a weight above 0 in the validation mix")
+    return out
+
+
+def interleave(*streams: Iterator[str]) -> Iterator[str]:
+    """One document of each stream in turn, so a capped reader (the BPE's) sees every source."""
+    missing = object()
+    return (text for text in chain.from_iterable(zip_longest(*streams, fillvalue=missing)) if text is not missing)
+
+
+def prepare(data_dir: Path | str, source: str | DataSource | list = "shakespeare", vocab: int | None = None,
             cache_dir: Path | str = "~/.cache/autoresearch", log=print, *,
             shards: int | None = None, max_bytes: int | None = None) -> dict:
-    """Build data_dir from a source; a second call with the same arguments returns at once.
+    """Build data_dir from one source or several ("shakespeare,stdlib"); a second call with the same
+    arguments returns at once.
 
     `vocab` None (or 257) keeps the byte tokenizer, anything else trains a BPE of that size. `shards`
     and `max_bytes` are passed to a source given by name (hub corpora take both, stdlib max_bytes)."""
     data_dir = Path(data_dir)
-    source = get_source(source, shards=shards, max_bytes=max_bytes) if isinstance(source, str) else source
+    sources = mixture(source, shards, max_bytes)
     try:
         kind = check_vocab(vocab)
     except ValueError as error:
         raise DataError(str(error)) from None
     vocab_size = vocab or ByteTokenizer.vocab_size
-    stamp = {"format": FORMAT, "source": source.name, "source_version": source.version,
-             "tokenizer": kind, "vocab_size": vocab_size}
-    layout = ["meta.json", "val.bin", "test.bin", "train/train.bin", "train/meta.json"]
+    single = len(sources) == 1
+    total_weight = sum(weight for _, weight in sources)
+    mix = {s.name: weight / total_weight for s, weight in sources}
+    name = "+".join(s.name for s, _ in sources)
+    version = "; ".join(s.version for s, _ in sources)
+    stamp = {"format": FORMAT, "source": name, "source_version": version, "tokenizer": kind, "vocab_size": vocab_size}
+    if not single:
+        stamp["mix"] = mix
+    held_files = ["val.bin", "test.bin"] if single else [f"{split}.{s.name}.bin" for s, _ in sources
+                                                          for split in ("val", "test")]
+    layout = ["meta.json", *held_files, "train/train.bin", "train/meta.json"]
     layout += ["tokenizer.json", "train/tokenizer.json"] if kind == "bpe" else []
     if (data_dir / "meta.json").exists() and all((data_dir / f).exists() for f in layout):
         meta = json.loads((data_dir / "meta.json").read_text())
         if meta.get("stamp") == stamp:
-            log(f"{data_dir}: already prepared ({source.name}, {kind} tokenizer, vocab {vocab_size})")
+            log(f"{data_dir}: already prepared ({name}, {kind} tokenizer, vocab {vocab_size})")
             return meta
 
-    # read every document, split them, and only then train the tokenizer: on the train split alone
-    texts, dropped = read_documents(source, source.fetch(Path(cache_dir).expanduser()))
-    nbytes = {name: len(text.encode("utf-8")) for name, text in texts.items()}
-    splits = split_documents(nbytes)
+    # read every document, split each source's, and only then train the tokenizer: on the train splits alone
+    seen: set[bytes] = set()
+    corpora = []  # (source name, texts, splits, sizes)
+    dropped = 0
+    for src, _ in sources:
+        texts, lost = read_documents(src, src.fetch(Path(cache_dir).expanduser()), seen)
+        dropped += lost
+        nbytes = {doc: len(text.encode("utf-8")) for doc, text in texts.items()}
+        try:
+            splits = split_documents(nbytes)
+        except DataError as error:
+            raise DataError(f"{src.name}: {error}") from None
+        corpora.append((src.name, texts, splits, nbytes))
     if kind == "bpe":
         log(f"training a {vocab_size}-token byte-level BPE on the train split")
-    tokenizer = train_tokenizer(vocab, (texts[name] for name in splits["train"]))
+    tokenizer = train_tokenizer(vocab, interleave(*((texts[doc] for doc in splits["train"])
+                                                    for _, texts, splits, _ in corpora)))
     if kind == "bpe" and tokenizer.trained_size < vocab_size:
         log(f"note: the train split ran out of merges at {tokenizer.trained_size} tokens; "
             f"ids up to {vocab_size} stay unused")
@@ -325,26 +420,50 @@ def prepare(data_dir: Path | str, source: str | DataSource = "shakespeare", voca
     # write the bins first and meta.json last: its presence means the directory is complete
     (data_dir / "train").mkdir(parents=True, exist_ok=True)
     (data_dir / "meta.json").unlink(missing_ok=True)
+    for stale in chain(data_dir.glob("val*.bin"), data_dir.glob("test*.bin")):
+        stale.unlink()  # an earlier preparation's held-out files
     for path in (data_dir / "tokenizer.json", data_dir / "train" / "tokenizer.json"):
         path.unlink(missing_ok=True)    # an earlier BPE's; the byte tokenizer saves nothing
         tokenizer.save(path)
-    files = {"train": data_dir / "train" / "train.bin", "val": data_dir / "val.bin", "test": data_dir / "test.bin"}
     separator = np.array([tokenizer.separator], dtype=np.uint16)
-    info = {}
-    for split, names in splits.items():
-        encoded = tokenizer.encode_batch([texts[name] for name in names])
-        tokens = np.concatenate([part for ids in encoded for part in (separator, ids)])
-        tokens.tofile(files[split])
-        info[split] = {"tokens": int(len(tokens)), "documents": len(names),
-                       "bytes": sum(nbytes[n] for n in names), "names": names}
-    common = {"stamp": stamp, "source": source.name, "source_version": source.version,
+
+    def tokens_of(texts: dict[str, str], names: list[str]) -> np.ndarray:
+        encoded = tokenizer.encode_batch([texts[doc] for doc in names])
+        return np.concatenate([part for ids in encoded for part in (separator, ids)]) if names else separator[:0]
+
+    info = {split: {"tokens": 0, "documents": 0, "bytes": 0, "names": []} for split in ("train", "val", "test")}
+    per_source, offset = {}, 0
+    with open(data_dir / "train" / "train.bin", "wb") as train_file:
+        for source_name, texts, splits, nbytes in corpora:
+            entry = {"weight": mix[source_name]}
+            for split, names in splits.items():
+                tokens = tokens_of(texts, names)
+                if split == "train":
+                    tokens.tofile(train_file)
+                    entry.update(start=offset, end=offset + len(tokens))
+                    offset += len(tokens)
+                else:
+                    tokens.tofile(data_dir / (f"{split}.bin" if single else f"{split}.{source_name}.bin"))
+                size = sum(nbytes[n] for n in names)
+                entry[split] = {"tokens": int(len(tokens)), "documents": len(names), "bytes": size}
+                info[split]["tokens"] += int(len(tokens))
+                info[split]["documents"] += len(names)
+                info[split]["bytes"] += size
+                info[split]["names"] += names if single else [f"{source_name}/{n}" for n in names]
+            per_source[source_name] = entry
+    common = {"stamp": stamp, "source": name, "source_version": version,
               "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size,
               "separator": tokenizer.separator, "token_bytes": tokenizer.token_bytes()}
-    train_meta = {**common, "splits": {"train": info["train"]}}
+    train_sources = {n: {"start": e["start"], "end": e["end"], **e["train"]} for n, e in per_source.items()}
+    train_meta = {**common, "splits": {"train": info["train"]}, "sources": train_sources}
     held_out = {"val_fraction": VAL_FRACTION, "test_fraction": TEST_FRACTION, "max_bytes": HELD_OUT_MAX_BYTES}
-    meta = {**common, "dropped_documents": dropped, "held_out": held_out, "splits": info}
+    meta = {**common, "dropped_documents": dropped, "held_out": held_out, "splits": info, "sources": per_source}
+    if not single:
+        meta["mix"] = mix
     (data_dir / "train" / "meta.json").write_text(json.dumps(train_meta, indent=1))
     (data_dir / "meta.json").write_text(json.dumps(meta, indent=1))
-    log(f"{data_dir}: prepared {source.name}: " + ", ".join(
+    log(f"{data_dir}: prepared {name}: " + ", ".join(
         f"{s} {info[s]['documents']} docs / {info[s]['tokens']:,} tokens" for s in ("train", "val", "test")))
+    if not single:
+        log("validation mix: " + ", ".join(f"{n} {w:.0%}" for n, w in mix.items()))
     return meta

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .costs import Usage
-from .records import Experiment, Flag, RunRecord, RunState, State
+from .records import Experiment, Flag, RunRecord, RunState, State, Suggestion
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", """
@@ -147,6 +147,17 @@ MIGRATIONS: list[tuple[str, str]] = [
             reason TEXT NOT NULL DEFAULT '',
             log_path TEXT NOT NULL DEFAULT '',
             finished_at REAL NOT NULL
+        );
+    """),
+    ("006_programs", """
+        CREATE TABLE suggestions (
+            id INTEGER PRIMARY KEY,
+            tag TEXT,
+            text TEXT NOT NULL,
+            source TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            experiment_id INTEGER REFERENCES experiments(id),
+            taken_at REAL
         );
     """),
 ]
@@ -439,6 +450,39 @@ class Ledger:
                         "runs": [dict(zip(("role", "commit", "seed", "split", "state", "metric", "seconds", "reason",
                                            "log_path"), r)) for r in runs]})
         return out
+
+
+    # ---------------------------------------------------------------- suggestions from the human
+
+    def add_suggestion(self, text: str, tag: Optional[str] = None, source: str = "") -> Suggestion:
+        with self._transaction():
+            cursor = self.db.execute("INSERT INTO suggestions (tag, text, source, created_at) VALUES (?, ?, ?, ?)",
+                                     (tag, text, source, time.time()))
+        return Suggestion(cursor.lastrowid, text, tag, time.time())
+
+    def pending_suggestions(self, tag: str) -> list[Suggestion]:
+        """The suggestions for `tag` (or for no tag in particular) that no proposal has taken up yet, oldest first."""
+        rows = self.db.execute("SELECT id, text, tag, created_at FROM suggestions WHERE experiment_id IS NULL AND "
+                               "(tag = ? OR tag IS NULL) ORDER BY id", (tag,)).fetchall()
+        return [Suggestion(*row) for row in rows]
+
+    def take_suggestions(self, ids: list[int], experiment_id: int) -> None:
+        with self._transaction():
+            self.db.executemany("UPDATE suggestions SET experiment_id = ?, taken_at = ?, "
+                                "tag = COALESCE(tag, (SELECT tag FROM experiments WHERE id = ?)) "
+                                "WHERE id = ? AND experiment_id IS NULL",
+                                [(experiment_id, time.time(), experiment_id, id_) for id_ in ids])
+
+    def suggestions(self, tag: str) -> list[dict]:
+        """Every suggestion for `tag` (and the untagged ones still waiting), with the experiment that took it up and
+        its outcome."""
+        rows = self.db.execute(
+            "SELECT s.id, s.text, s.source, s.created_at, s.taken_at, e.idx, e.state, e.metric, e.effect, e.reason, "
+            "e.description FROM suggestions s LEFT JOIN experiments e ON e.id = s.experiment_id "
+            "WHERE s.tag = ? OR s.tag IS NULL ORDER BY s.id", (tag,)).fetchall()
+        keys = ("id", "text", "source", "created_at", "taken_at", "experiment", "state", "metric", "effect", "reason",
+                "description")
+        return [dict(zip(keys, row)) for row in rows]
 
 
 class _Transaction:

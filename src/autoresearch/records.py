@@ -101,3 +101,14 @@ class Experiment:
     def metrics(self) -> list[float]:
         """The metric of each successful run."""
         return [run.metric for run in self.runs if run.state is RunState.OK and run.metric is not None]
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """An idea the human queued (`autoresearch suggest`) for the next proposal to consider."""
+
+    id: int
+    text: str
+    tag: Optional[str] = None  # the research line it is for; None: whichever line runs next
+    created_at: float = 0.0
+    experiment_id: Optional[int] = None  # the experiment whose proposal took it up; None while it waits

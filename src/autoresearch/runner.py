@@ -3,7 +3,8 @@
 The run sees a scrubbed environment (an allow-list: no API keys or cloud credentials reach
 training code), only the training part of the data, and an empty output directory. Its state is
 decided here: ok, crashed (non-zero exit, no metric, NaN), timeout, interrupted, or rejected (the
-run tampered with what the evaluator reads: see integrity.py).
+run tampered with what the evaluator reads: see integrity.py; or a guarded training command
+reached for held-out data: see guard.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Optional
 from .budget import Budget
 from .executor import Executor, Job, JobResult, Slot
 from .gitrepo import Git
-from . import integrity
+from . import guard, integrity
 from .records import Flag, RunRecord, RunState
 from .target import Target, cache_dir, command_argv
 
@@ -104,6 +105,10 @@ class Runner:
         result = job(config.commands.train, self.target.data / "train")
         peak = result.peak_rss_mb
         state, reason = _judge_exit("train", result, spec)
+        refused = guard.refusals(out)  # `python -m autoresearch.guard`: the run reached for held-out data
+        if refused and state is not RunState.INTERRUPTED:
+            state, reason = RunState.REJECTED, f"the training command tried to read held-out data: {refused[0]}"
+            flags.append(Flag("guard", "; ".join(refused)[:1000]))
         evaluated_from = log.stat().st_size if log.exists() else 0
         claimed = None
         if config.commands.evaluate:

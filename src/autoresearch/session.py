@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Optional
 
-from . import integrity, judge, knobs as knob_values, scope, stats, verify
+from . import constraints, control, integrity, judge, knobs as knob_values, scope, stats, verify
 from .agents import Agent, AgentError, AgentExhausted, Context, Proposal, ProposalError
 from .budget import Budget
 from .config import LimitsSection
@@ -30,6 +30,7 @@ from .records import Experiment, Flag, RunState, State
 from .runner import Runner, RunSpec
 from .target import Target
 
+STOPPED = "stopped on request (control file)"
 MAX_AGENT_FAILURES = 5  # consecutive agent errors before the session pauses instead of spinning
 
 
@@ -156,6 +157,7 @@ class Session:
         slot = self.executor.slots()[0]
         worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
         reason = "stopped"
+        control.clear(self.target.state)  # a pause or stop left from an earlier session does not apply
         try:
             if self.ledger.best(self.tag) is None:
                 baseline = self._run_baseline(worktree, slot)
@@ -164,7 +166,7 @@ class Session:
                     raise SessionError(reason)
             reason = self._loop(worktree, slot, experiments, started)
             self.say(reason)
-            if final_test and experiments != 0:
+            if final_test and experiments != 0 and not reason.startswith(STOPPED):
                 self.heldout_test(self.target.config.judge.final_test_seeds)
             return reason
         except KeyboardInterrupt:
@@ -181,6 +183,8 @@ class Session:
                 reached = self._limit_reached(started)
                 if reached:
                     return f"stopped: {reached}"
+                if control.hold(self.target.state, self.say):  # `autoresearch pause` / `stop`, between experiments
+                    return f"{STOPPED} after {done} experiments"
                 experiment = self.step(worktree, slot)
                 done += 1
                 failures = failures + 1 if experiment.reason.startswith("agent error") else 0
@@ -212,8 +216,9 @@ class Session:
         parent = self._recalibrated(worktree, slot, self.ledger.best(self.tag))
         worktree.reset_to(parent.commit)
         history = tuple(self.ledger.experiments(self.tag))
+        suggestions = tuple(self.ledger.pending_suggestions(self.tag)[:1])  # `autoresearch suggest`, oldest first
         context = Context(self.target.config, self.target.program(), self._editable_files(worktree),
-                          parent, self.ledger.baseline(self.tag), history)
+                          parent, self.ledger.baseline(self.tag), history, suggestions)
         usage = None  # what the proposal cost (LLM agents), recorded with the experiment whatever happens
         try:
             proposal = self.agent.propose(context)
@@ -236,13 +241,14 @@ class Session:
         problem = scope.violation(changes, worktree.root, self.target.config,
                                   before=lambda path: worktree.run("show", f"HEAD:{path}", check=False))
         if problem:
-            return self._spent(self._reject(parent, proposal, problem, diff, added, removed, agent=proposer), usage)
+            return self._took(proposal, self._spent(self._reject(parent, proposal, problem, diff, added, removed,
+                                                                 agent=proposer), usage))
         commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {self.tag}: proposed by {proposer}")
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=parent.commit, commit=commit,
             description=proposal.description, agent=proposer, diff=diff, lines_added=added,
             lines_removed=removed, knobs=self._knob_values(worktree.root))
-        self._spent(experiment, usage)
+        self._took(proposal, self._spent(experiment, usage))
         self.target.git.update_ref(self._experiment_ref(experiment), commit)
         return self._execute(experiment, worktree, slot, best=parent)
 
@@ -256,13 +262,14 @@ class Session:
                 run = self.run_once(worktree, slot, experiment.commit, judge.seed(config, len(runs)),
                                     experiment=experiment)
                 runs.append(run)
-                decision = judge.decide(runs, best, config, self.noise(runs), experiment.lines_added,
-                                        experiment.lines_removed)
+                decision = self._constrained(experiment, runs, best, judge.decide(
+                    runs, best, config, self.noise(runs), experiment.lines_added, experiment.lines_removed))
                 if decision.state is None:
                     self.say(f"#{experiment.index} run {len(runs)}: {decision.reason}")
             suspicion = judge.implausible(decision, self.noise(runs), self._best_gain(), config)
             if suspicion:
-                decision = self._confirm(experiment, worktree, slot, best, runs, decision, suspicion)
+                decision = self._constrained(experiment, runs, best,
+                                             self._confirm(experiment, worktree, slot, best, runs, decision, suspicion))
         except KeyboardInterrupt:
             self.ledger.set_state(experiment.id, State.INTERRUPTED, reason="stopped by the user while it ran")
             raise
@@ -412,6 +419,25 @@ class Session:
         worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, best.commit)
         return verify.compare(self, worktree, slot, baseline.commit, best.commit, seeds=list(range(seeds)),
                               split="test", kind="heldout")
+
+    def _constrained(self, experiment: Experiment, runs: list, best: Optional[Experiment],
+                     decision: "judge.Decision") -> "judge.Decision":
+        """A change whose runs break a [[constraints]] bound is discarded, whatever its metric, with the bound as
+        the reason (and a flag)."""
+        if best is None or decision.state not in (None, State.KEPT, State.DISCARDED):
+            return decision
+        broken = constraints.broken(self.target.config.constraints, runs, self.ledger.baseline(self.tag))
+        if broken is None:
+            return decision
+        self.ledger.add_flag(experiment.id, Flag("constraint", broken))
+        return dataclasses.replace(decision, state=State.DISCARDED, reason=broken)
+
+    def _took(self, proposal: Proposal, experiment: Experiment) -> Experiment:
+        """Record which queued suggestions the proposal behind `experiment` considered (the agent says so)."""
+        taken = proposal.meta.get("suggestions") or ()
+        if taken:
+            self.ledger.take_suggestions(list(taken), experiment.id)
+        return experiment
 
     def _reject(self, parent: Experiment, proposal: Proposal, reason: str, diff: str = "", added: int = 0,
                 removed: int = 0, agent: Optional[str] = None) -> Experiment:

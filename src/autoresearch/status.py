@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional
 
+from . import constraints
 from .config import Config
 from .costs import Usage, dollars
 from .ledger import Ledger
@@ -48,7 +49,15 @@ def status_dict(ledger: Ledger, tag: str, config: Config) -> dict:
         "noise": ledger.noise_history(tag),
         "verifications": ledger.verifications(tag),
         "agent_cost": _spend(costs.values()),
+        "constraints": [{**c.model_dump(), "baseline": _baseline_value(baseline, c.metric),
+                         "text": constraints.describe(c, _baseline_value(baseline, c.metric))}
+                        for c in config.constraints],
+        "suggestions": ledger.suggestions(tag),
     }
+
+
+def _baseline_value(baseline: Optional[Experiment], name: str) -> Optional[float]:
+    return constraints.mean(baseline.runs, name) if baseline else None
 
 
 def _spend(usages) -> dict:
@@ -96,6 +105,8 @@ def render(status: dict) -> str:
         lines.append(f"agent cost: {cost}{per} over {spend['proposals']} proposals ({spend['model']}); tokens: "
                      f"{spend['input_tokens']:,} in, {spend['cache_read_tokens']:,} cache read, "
                      f"{spend['cache_write_tokens']:,} cache write, {spend['output_tokens']:,} out")
+    if status.get("constraints"):
+        lines.append("constraints: " + "; ".join(c["text"] for c in status["constraints"]))
     lines.append("")
     lines.append("kept chain:")
     by_id = {e["id"]: e for e in status["experiments"]}
@@ -123,6 +134,17 @@ def render(status: dict) -> str:
                 effect = f"{e['effect']:+.4f}" + (f" ± {e['effect_se']:.4f}" if e["effect_se"] else "")
             lines.append(f"  #{e['id']:<4} {e['state']:<11} {metric}  {effect:<18} {len(e['runs'])} run"
                          f"{'s' if len(e['runs']) != 1 else ' '}  {e['description']}{why}")
+    if status.get("suggestions"):
+        lines.append("")
+        lines.append("suggestions from the human:")
+        for item in status["suggestions"][-10:]:
+            if item["experiment"] is None:
+                outcome = "waiting for the next proposal"
+            else:
+                metric = f" {item['metric']:.6f}" if item["metric"] is not None else ""
+                effect = f" ({item['effect']:+.4f})" if item["effect"] is not None else ""
+                outcome = f"taken up by #{item['experiment']}: {item['state']}{metric}{effect}"
+            lines.append(f"  {item['text'][:70]!r}: {outcome}")
     finished = [v for v in status["verifications"] if v["summary"]]
     if finished:
         lines.append("")

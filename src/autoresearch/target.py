@@ -9,13 +9,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from . import config as config_module
+from . import config as config_module, programs
 from .config import Config
 from .gitrepo import Git
 
@@ -80,21 +78,18 @@ def command_argv(command: str) -> list[str]:
     return argv
 
 
-def init(directory: Path, template: str = "gpt") -> Path:
-    """Create `directory` as a git repository holding a built-in target, committed."""
+def init(directory: Path, template: str = "gpt", program: str = programs.DEFAULT) -> Path:
+    """Create `directory` as a git repository holding a built-in target with one of its programs, committed."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; built in: {', '.join(TEMPLATES)}")
+    files = programs.files(template, program)
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} exists and is not empty; autoresearch init never overwrites files")
-    source = resources.files("autoresearch") / "templates" / template
     directory.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
-        if item.name.startswith("__pycache__"):
-            continue
-        name = ".gitignore" if item.name == "gitignore" else item.name
-        with resources.as_file(item) as path:
-            shutil.copyfile(path, directory / name)
+    for name, item in files.items():
+        (directory / name).write_bytes(item.read_bytes())
     git = Git.init(directory)
-    git.commit_all(f"autoresearch init: the built-in {template} target")
+    what = f"the built-in {template} target" + (f", program {program}" if program != programs.DEFAULT else "")
+    git.commit_all(f"autoresearch init: {what}")
     return directory

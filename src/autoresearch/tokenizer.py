@@ -177,3 +177,16 @@ class BPETokenizer:
                 counts[token_id] = len(bytes(UNICODE_TO_BYTE[char] for char in piece))
         return counts
 
+
+
+def load(data_dir: Path | str) -> ByteTokenizer | BPETokenizer:
+    """The tokenizer a prepared data directory was made with (its meta.json, and tokenizer.json for a BPE).
+
+    Training code that makes text of its own (synthetic documents) encodes it with this."""
+    import json
+
+    data_dir = Path(data_dir)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    if meta["tokenizer"] == ByteTokenizer.name:
+        return ByteTokenizer()
+    return BPETokenizer.load(data_dir / "tokenizer.json", meta["vocab_size"])

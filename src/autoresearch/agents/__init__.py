@@ -9,7 +9,9 @@ the same registry, so the loop never imports a concrete agent:
 
 `create("claude+search")` makes the hybrid of two registered agents (agents/hybrid.py). An agent
 that pays for its proposals puts a `costs.Usage` in `Proposal.meta["usage"]` (or on the error it
-raises), and the session records it in the ledger.
+raises), and the session records it in the ledger. An agent that read the human's suggestions
+(`Context.suggestions`) lists their ids in `Proposal.meta["suggestions"]`: the ledger then records
+them as taken up by this proposal's experiment; the others wait for the next proposal.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from importlib.metadata import entry_points
 from typing import Optional
 
 from ..config import Config
-from ..records import Experiment
+from ..records import Experiment, Suggestion
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Context:
     parent: Experiment  # the current best: the proposal is applied on top of its commit
     baseline: Experiment
     history: tuple[Experiment, ...]  # every experiment of this research line, oldest first
+    suggestions: tuple[Suggestion, ...] = ()  # what the human asked this proposal to consider (`autoresearch suggest`)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class HybridAgent(Agent):
         self._search_key: Optional[tuple] = None
 
     def propose(self, context: Context) -> Proposal:
-        if self._search_turn(context.history):
+        if not context.suggestions and self._search_turn(context.history):  # a suggestion is the LLM's to take up
             try:
                 return self._tune(context)
             except AgentExhausted:

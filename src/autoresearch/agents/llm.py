@@ -95,8 +95,19 @@ def files_text(context: Context) -> str:
     return "\n".join(parts)
 
 
+def suggestions_text(context: Context) -> str:
+    """The human's suggestions queued for this proposal (`autoresearch suggest`), or nothing."""
+    if not context.suggestions:
+        return ""
+    ideas = "\n".join(f"- {' '.join(s.text.split())}" for s in context.suggestions)
+    return ("## A suggestion from the human, for this proposal\n\n"
+            "The human running this research asks you to consider this idea now. Test it with this proposal if the "
+            "editable files allow it (otherwise make the change closest to it), and say in your hypothesis how "
+            f"you followed it.\n\n{ideas}\n\n")
+
+
 def memory_text(context: Context, settings: AgentSection) -> str:
-    return "## Research memory\n\n" + memory.build(
+    return suggestions_text(context) + "## Research memory\n\n" + memory.build(
         context.history, metric=context.config.metric.name, minimize=context.config.minimize,
         min_effect=context.config.judge.min_effect, budget=settings.memory_chars, recent=settings.memory_experiments)
 
@@ -304,7 +315,8 @@ class LLMAgent(Agent):
                              + (" (its edits are dropped)" if bench.writes() else ""), usage=bench.usage)
         return Proposal(bench.hypothesis, bench.writes(),
                         meta={"usage": bench.usage, "agent": self.name, "turns": bench.turns,
-                              "seconds": time.monotonic() - started})
+                              "seconds": time.monotonic() - started,
+                              "suggestions": [suggestion.id for suggestion in context.suggestions]})
 
 
 def status_account(exc: Exception, provider: str, retries: int, base_url: Optional[str]) -> Optional[str]:

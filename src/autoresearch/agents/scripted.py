@@ -3,7 +3,11 @@
     [{"description": "lower the LR", "knobs": {"MATRIX_LR": 0.01}},
      {"description": "rewrite", "write": {"train.py": "..."}, "delete": ["old.py"]},
      {"description": "tweak", "replace": [{"file": "train.py", "old": "x = 1", "new": "x = 2"}]},
-     {"description": "agent fails", "error": "model returned garbage"}]
+     {"description": "agent fails", "error": "model returned garbage"},
+     {"description": "as suggested: {suggestion}", "knobs": {"LR": 3.0}}]
+
+"{suggestion}" in a description stands for the text of the suggestion the proposal was given
+(`autoresearch suggest`; empty when there is none), which the proposal then counts as taken up.
 
 Its position in the script is the number of experiments it already has in the ledger, so a
 resumed session continues with the next proposal, never repeating or skipping one.
@@ -51,4 +55,7 @@ class ScriptedAgent(Agent):
         for name, value in step.get("knobs", {}).items():
             knob = next(k for k in context.config.knobs if k.name == name)
             writes[knob.file] = files[knob.file] = knob_edit.set_value(files[knob.file], name, value)
-        return Proposal(step.get("description", f"scripted proposal {position + 1}"), writes)
+        description = step.get("description", f"scripted proposal {position + 1}")
+        given = " / ".join(suggestion.text for suggestion in context.suggestions)
+        return Proposal(description.replace("{suggestion}", given), writes,
+                        meta={"suggestions": [suggestion.id for suggestion in context.suggestions]})

@@ -4,10 +4,13 @@
 
 Imports build_model from ./train.py, loads $AUTORESEARCH_OUT/model.pt and scores the first
 EVAL_TOKENS target tokens of $AUTORESEARCH_DATA/<split>.bin, in consecutive windows of the
-model's sequence length. The cross-entropy is computed here, in fp32, from the model's logits;
+model's sequence length. Data prepared from several sources (a validation mix) is scored source by
+source, each on its weight's share of EVAL_TOKENS, and val_bpb is the weighted mean (each source's
+bits per byte is reported as well). The cross-entropy is computed here, in fp32, from the model's logits;
 each target token weighs its length in bytes (the document separator counts for nothing), so the
 score is per byte of text, whatever the vocabulary. Writes
 $AUTORESEARCH_OUT/metrics.json and prints `val_bpb: x` (`test_bpb: x` for the test split).
+The parameter count is taken from the loaded model, not from the training summary.
 
 Not a sandbox: train.py is agent code running in this process. A cheap check rejects models
 whose early logits depend on later tokens; it is a guard, not a proof.
@@ -17,6 +20,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -58,8 +62,8 @@ def bits_per_byte(total_nats, total_bytes):
     return total_nats / (math.log(2) * total_bytes)
 
 
-def load_model(out_dir, device):
-    path = os.path.join(out_dir, "model.pt")
+def load_model(path, device):
+    """The model saved at `path` ({"model_args": ..., "state_dict": ...}), built by ./train.py's build_model."""
     if not os.path.exists(path):
         fail(f"{path} not found: did train.py finish?")
     try:
@@ -67,13 +71,23 @@ def load_model(out_dir, device):
         model_args, state_dict = checkpoint["model_args"], checkpoint["state_dict"]
     except Exception as e:
         fail(f"{path} is not a checkpoint of the form {{'model_args': ..., 'state_dict': ...}}: {e}")
-    sys.path.insert(0, os.getcwd())  # train.py imports its neighbours (sampler.py)
-    spec = importlib.util.spec_from_file_location("train", os.path.join(os.getcwd(), "train.py"))
-    train = sys.modules["train"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    model = train.build_model(**model_args)
+    if "train" not in sys.modules:
+        sys.path.insert(0, os.getcwd())  # train.py imports its neighbours (sampler.py)
+        spec = importlib.util.spec_from_file_location("train", os.path.join(os.getcwd(), "train.py"))
+        module = sys.modules["train"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    model = sys.modules["train"].build_model(**model_args)
     model.load_state_dict(state_dict)
     return model.to(device).eval(), model_args
+
+
+def held_out(data_dir, split, meta):
+    """[(source or None, weight, path)] of the split: one file, or one per source of a validation mix
+    (prepare --data a,b), weighted as prepare recorded."""
+    mix = meta.get("mix")
+    if not mix:
+        return [(None, 1.0, os.path.join(data_dir, f"{split}.bin"))]
+    return [(name, weight, os.path.join(data_dir, f"{split}.{name}.bin")) for name, weight in mix.items() if weight > 0]
 
 
 def check_causal(model, window, vocab_size):
@@ -88,34 +102,15 @@ def check_causal(model, window, vocab_size):
 
 
 @torch.no_grad()
-def main():
-    t0 = time.time()
-    data_dir = os.environ.get("AUTORESEARCH_DATA") or os.path.join(".autoresearch", "data")
-    out_dir = os.environ.get("AUTORESEARCH_OUT") or os.path.join(".autoresearch", "out")
-    split = os.environ.get("AUTORESEARCH_SPLIT") or "val"
-    if split not in ("val", "test"):
-        fail(f"AUTORESEARCH_SPLIT must be val or test, got {split!r}")
-    device = pick_device(os.environ.get("AUTORESEARCH_DEVICE") or "auto")
-    if device.type == "cpu" and os.environ.get("AUTORESEARCH_THREADS"):
-        torch.set_num_threads(int(os.environ["AUTORESEARCH_THREADS"]))
+def bits(model, seq_len, path, n_targets, meta, device):
+    """Bits per byte of the model on the first n_targets target tokens of the file at `path`, scored in
+    consecutive windows of seq_len (the last one may be shorter): every target is scored exactly once."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-    meta_path, bin_path = os.path.join(data_dir, "meta.json"), os.path.join(data_dir, f"{split}.bin")
-    for path in (meta_path, bin_path):
-        if not os.path.exists(path):
-            fail(f"{path} not found: run prepare.py first")
-    with open(meta_path) as f:
-        meta = json.load(f)
     token_bytes = torch.tensor(meta["token_bytes"], dtype=torch.int64, device=device)
-    data = np.memmap(bin_path, dtype=np.uint16, mode="r")
-    n_targets = min(EVAL_TOKENS[device.type], len(data) - 1)
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    n_targets = min(n_targets, len(data) - 1)
     tokens = torch.from_numpy(data[:n_targets + 1].astype(np.int64)).to(device)
 
-    model, model_args = load_model(out_dir, device)
-    seq_len = int(model_args["sequence_len"])
-    check_causal(model, tokens[None, :seq_len], meta["vocab_size"])
-
-    # consecutive windows of seq_len (the last one may be shorter): every target is scored exactly once
     def score(x, y):
         with autocast:
             logits = model(x)
@@ -132,19 +127,64 @@ def main():
         scored.append(score(tokens[None, full * seq_len:n_targets], tokens[None, full * seq_len + 1:]))
     total_nats, total_bytes = sum(n for n, _ in scored), sum(b for _, b in scored)
     if total_bytes == 0:
-        fail(f"{bin_path}: no target tokens with bytes to score")
-    bpb = bits_per_byte(total_nats, total_bytes)
-    if not math.isfinite(bpb):
-        fail(f"{split}_bpb is not finite ({bpb})")
+        fail(f"{path}: no target tokens with bytes to score")
+    return bits_per_byte(total_nats, total_bytes), n_targets, total_bytes
 
+
+def evaluate(model, model_args, data_dir, split, meta, device, eval_tokens):
+    """{f"{split}_bpb": ..., per-source bpb when the split is a mix, eval_tokens, eval_bytes}: a mix scores each
+    source on its weight's share of eval_tokens and averages their bits per byte with the same weights."""
+    files = held_out(data_dir, split, meta)
+    for _, _, path in files:
+        if not os.path.exists(path):
+            fail(f"{path} not found: run prepare.py first")
+    seq_len = int(model_args["sequence_len"])
+    first = np.memmap(files[0][2], dtype=np.uint16, mode="r")
+    check_causal(model, torch.from_numpy(first[:seq_len].astype(np.int64)).to(device)[None], meta["vocab_size"])
+    total = sum(weight for _, weight, _ in files)
+    out = {f"{split}_bpb": 0.0, "eval_tokens": 0, "eval_bytes": 0}
+    for name, weight, path in files:
+        bpb, n_targets, n_bytes = bits(model, seq_len, path, max(seq_len, round(eval_tokens * weight / total)),
+                                       meta, device)
+        if not math.isfinite(bpb):
+            fail(f"{split}_bpb is not finite ({bpb})")
+        if name is not None:
+            out[f"{split}_bpb_{re.sub(r'[^A-Za-z0-9]', '_', name)}"] = bpb
+        out[f"{split}_bpb"] += weight / total * bpb
+        out["eval_tokens"] += n_targets
+        out["eval_bytes"] += n_bytes
+    return out
+
+
+def main():
+    t0 = time.time()
+    data_dir = os.environ.get("AUTORESEARCH_DATA") or os.path.join(".autoresearch", "data")
+    out_dir = os.environ.get("AUTORESEARCH_OUT") or os.path.join(".autoresearch", "out")
+    split = os.environ.get("AUTORESEARCH_SPLIT") or "val"
+    if split not in ("val", "test"):
+        fail(f"AUTORESEARCH_SPLIT must be val or test, got {split!r}")
+    device = pick_device(os.environ.get("AUTORESEARCH_DEVICE") or "auto")
+    if device.type == "cpu" and os.environ.get("AUTORESEARCH_THREADS"):
+        torch.set_num_threads(int(os.environ["AUTORESEARCH_THREADS"]))
+    meta_path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        fail(f"{meta_path} not found: run prepare.py first")
+    with open(meta_path) as f:
+        meta = json.load(f)
+
+    model, model_args = load_model(os.path.join(out_dir, "model.pt"), device)
+    scores = evaluate(model, model_args, data_dir, split, meta, device, EVAL_TOKENS[device.type])
     summary_path = os.path.join(out_dir, "train_summary.json")
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
     eval_seconds = time.time() - t0
-    metrics = {f"{split}_bpb": bpb, **{k: v for k, v in summary.items() if not k.endswith("_bpb")},
-               "eval_tokens": n_targets, "eval_bytes": total_bytes, "eval_seconds": round(eval_seconds, 2)}
+    metrics = {**scores, **{k: v for k, v in summary.items() if not k.endswith("_bpb") and k not in scores},
+               "num_params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),  # counted here, not reported
+               "eval_seconds": round(eval_seconds, 2)}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    print(f"{split}_bpb: {bpb:.6f}")
+    for key, value in scores.items():
+        if key.startswith(f"{split}_bpb"):
+            print(f"{key}: {value:.6f}")
     print(f"eval_seconds: {eval_seconds:.2f}")
 
 

@@ -6,7 +6,9 @@ evaluate.py (which imports build_model from here). By hand:
 
     AUTORESEARCH_BUDGET_SECONDS=60 python train.py   # data from .autoresearch/data/train
 
-Importing this file only defines things; training runs under `if __name__ == "__main__"`.
+Importing this file only defines things; training runs under `if __name__ == "__main__"`. With
+AUTORESEARCH_CHECKPOINTS=N (the speedrun program sets it) the model is also saved as
+checkpoint-001.pt ... checkpoint-N.pt at every 1/N of the budget, for the evaluator to score.
 """
 
 import json
@@ -286,11 +288,18 @@ def main():
     # ----------------------------------------------------------------------------
     # Training loop: runs until the budget is spent; the schedule follows the fraction used
 
-    step, tokens, training_time, smooth_loss, logged = 0, 0, 0.0, 0.0, -1
+    os.makedirs(out_dir, exist_ok=True)
+    save = lambda name: torch.save({"model_args": model_args, "state_dict": raw_model.state_dict()},
+                                   os.path.join(out_dir, name))
+    checkpoints = int(os.environ.get("AUTORESEARCH_CHECKPOINTS") or 0)  # the speedrun program's evaluator scores them
+    step, tokens, training_time, smooth_loss, logged, saved = 0, 0, 0.0, 0.0, -1, 0
     x, y = next(data)
     while True:
         used = {"SECONDS": training_time, "STEPS": step, "TOKENS": tokens}[budget_kind]
         progress = used / budget
+        while saved < checkpoints and progress >= (saved + 1) / checkpoints:  # at every 1/checkpoints of the budget
+            saved += 1
+            save(f"checkpoint-{saved:03d}.pt")
         if progress >= 1:
             break
         t0 = time.time()
@@ -323,8 +332,7 @@ def main():
     # ----------------------------------------------------------------------------
     # Save the weights and a summary; the evaluator takes it from here
 
-    os.makedirs(out_dir, exist_ok=True)
-    torch.save({"model_args": model_args, "state_dict": raw_model.state_dict()}, os.path.join(out_dir, "model.pt"))
+    save("model.pt")
     timed_tokens = tokens - min(step, preset(UNTIMED_STEPS)) * tokens_per_step
     tokens_per_second = timed_tokens / max(training_time, 1e-9)
     peak = peak_flops(device)

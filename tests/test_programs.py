@@ -1,0 +1,310 @@
+"""The built-in programs: `init --program NAME` end to end on the real GPT target, on the CPU.
+
+Each program gets a research line with a scripted agent: a real change the judge keeps, and the
+attack the program must survive. The test targets are the templates with a tiny model, a small
+evaluation, one CPU thread (two threads are ten times slower on a busy 2-core machine) and a
+quick judge, committed as the target's base; data is `stdlib` and `pydocs` (no download).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from toy import run_cli
+
+TINY = {"DEPTH": "1", "ASPECT": "64", "HEAD_DIM": "32", "SEQ_LEN": "32", "BATCH_SIZE": "8"}
+TEMPLATES = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates"
+
+
+def set_constants(path: Path, **values) -> None:
+    source = path.read_text()
+    for name, value in values.items():
+        source, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", source, flags=re.MULTILINE)
+        assert n == 1, f"no constant {name} in {path}"
+    path.write_text(source)
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def tiny_target(root: Path, program: str, budget: str, data: str, base: dict | None = None) -> Path:
+    """`init --program`, shrunk for a test and committed (with `base`: {file: {CONSTANT: value}}), then prepared."""
+    assert run_cli("init", root, "--program", program).code == 0
+    set_constants(root / "train.py", **TINY)
+    set_constants(root / "evaluate.py", EVAL_TOKENS='{"cpu": 2**12, "mps": 2**18, "cuda": 2**20}')
+    if (root / "speedrun.py").exists():
+        set_constants(root / "speedrun.py", CHECKPOINT_EVAL_TOKENS='{"cpu": 2**11, "mps": 2**16, "cuda": 2**18}')
+    for name in ("train.py", "evaluate.py", "speedrun.py"):
+        path = root / name
+        if path.exists():
+            path.write_text(path.read_text().replace('torch.set_num_threads(int(os.environ["AUTORESEARCH_THREADS"]))',
+                                                     "torch.set_num_threads(1)"))
+    for name, values in (base or {}).items():
+        set_constants(root / name, **values)
+    config = root / "autoresearch.toml"
+    text = re.sub(r'^default = ".*"', f'default = "{budget}"', config.read_text(), flags=re.MULTILINE)
+    text = (text.replace("calibrate_seeds = 5", "calibrate_seeds = 2").replace("max_runs = 4", "max_runs = 2")
+            .replace("final_test_seeds = 3", "final_test_seeds = 0").replace("[judge]\n", "[judge]\nimplausible = 1000\n")
+            .replace("max_ratio = 1.5 ", "max_ratio = 20 ").replace("max_ratio = 1.25 ", "max_ratio = 20 "))
+    config.write_text(text)  # a busy test machine: the wall-time constraint stays, loosely
+    git(root, "commit", "-qam", "a tiny model, a quick judge")
+    prepared = run_cli("prepare", "-C", root, "--data", data, "--max-bytes", "300k")
+    assert prepared.code == 0, prepared.text
+    return root
+
+
+def research(root: Path, steps: list[dict], tag: str = "p") -> list[dict]:
+    script = root.parent / f"script-{tag}.json"
+    script.write_text(json.dumps(steps))
+    result = run_cli("run", "-C", root, "--tag", tag, "--experiments", len(steps), "--agent", "scripted",
+                     "--agent-option", f"script={script}")
+    assert result.code == 0, result.text
+    return status(root, tag)["experiments"]
+
+
+def status(root: Path, tag: str = "p") -> dict:
+    result = run_cli("status", "-C", root, "--json", "--tag", tag)
+    assert result.code == 0, result.text
+    return json.loads(result.out)
+
+
+def sandboxed() -> bool:
+    """Whether runs are jailed on this machine (the sandbox, where it is part of autoresearch)."""
+    try:
+        from autoresearch import sandbox
+    except ImportError:
+        return False
+    return sandbox.unavailable() is None
+
+
+def edit(path: str, old: str, new: str) -> dict:
+    return {"file": path, "old": old, "new": new}
+
+
+# ---------------------------------------------------------------- init
+
+
+@pytest.mark.parametrize("program, editable, protected", [
+    ("train", ["train.py"], {"sampler.py", "evaluate.py", "prepare.py"}),
+    ("data", ["sampler.py"], {"train.py", "evaluate.py", "prepare.py"}),
+    ("synthetic", ["synthetic.py"], {"train.py", "sampler.py", "evaluate.py", "prepare.py"}),
+    ("speedrun", ["train.py"], {"speedrun.py", "sampler.py", "evaluate.py", "prepare.py"}),
+])
+def test_each_program_is_a_complete_committed_target(tmp_path, program, editable, protected):
+    from autoresearch.config import load
+
+    root = tmp_path / program
+    result = run_cli("init", root, "--program", program)
+    assert result.code == 0, result.text
+    config = load(root)
+    assert config.files.editable == editable and protected <= set(config.files.protected)
+    assert {"program.md", "autoresearch.toml"} <= set(config.files.protected)
+    for path in [*editable, *protected, "program.md", ".gitignore"]:
+        assert (root / path).is_file(), path
+    assert git(root, "status", "--porcelain") == "" and "program" in (root / "program.md").read_text().lower()
+    assert all(knob.file in editable for knob in config.knobs)
+
+
+def test_programs_share_the_gpt_files_they_do_not_replace(tmp_path):
+    for program in ("data", "synthetic", "speedrun"):
+        root = tmp_path / program
+        assert run_cli("init", root, "--program", program).code == 0
+        assert (root / "train.py").read_text() == (TEMPLATES / "gpt" / "train.py").read_text()
+        assert (root / "evaluate.py").read_text() == (TEMPLATES / "gpt" / "evaluate.py").read_text()
+        assert (root / "program.md").read_text() != (TEMPLATES / "gpt" / "program.md").read_text()
+
+
+def test_an_unknown_program_is_a_usage_error(tmp_path):
+    result = run_cli("init", tmp_path / "x", "--program", "nope")
+    assert result.code == 2 and "unknown program 'nope'" in result.err and "speedrun" in result.err
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def data_program(tmp_path_factory):
+    """Research on the data program from a deliberate bad start: training on the code alone, validated on an
+    equal mix of code and prose."""
+    root = tiny_target(tmp_path_factory.mktemp("data") / "research", "data", "30steps", "stdlib:1,pydocs:1",
+                       base={"sampler.py": {"WEIGHTS": '{"pydocs": 0.0}'}})
+    peek = edit("sampler.py", "    rng = np.random.default_rng(seed)\n",
+                "    rng = np.random.default_rng(seed)\n"
+                "    try:  # train on the validation prose as well, if it can be read\n"
+                "        tokens = np.concatenate([tokens, np.fromfile(os.path.join(data_dir, '..', 'val.pydocs.bin'),"
+                " dtype=np.uint16)])\n"
+                "    except OSError as error:\n"
+                "        print('could not peek:', error)\n")
+    experiments = research(root, [
+        {"description": "mix the prose in", "replace": [edit("sampler.py", 'WEIGHTS = {"pydocs": 0.0}', "WEIGHTS = {}")]},
+        {"description": "peek at the validation prose", "replace": [peek]},
+    ])
+    return root, experiments
+
+
+@pytest.mark.slow
+def test_data_a_better_mixture_is_kept(data_program):
+    root, experiments = data_program
+    baseline, mixed = experiments[0], experiments[1]
+    assert mixed["state"] == "kept" and mixed["metric"] < baseline["metric"] - 0.05, mixed
+    assert git(root, "show", "autoresearch/p:sampler.py").count("WEIGHTS = {}") == 1
+
+
+@pytest.mark.slow
+def test_data_val_bpb_is_the_mix_of_each_sources_bits_per_byte(data_program):
+    root, experiments = data_program
+    run = experiments[1]["runs"][0]
+    metrics = json.loads(Path(run["log"]).with_name("out").joinpath("metrics.json").read_text())
+    assert metrics["val_bpb"] == pytest.approx((metrics["val_bpb_stdlib"] + metrics["val_bpb_pydocs"]) / 2)
+    log = Path(run["log"]).read_text()
+    assert "sampler: stdlib" in log and "pydocs" in log  # the mixture it trained on
+
+
+@pytest.mark.slow
+def test_data_the_sampler_cannot_read_the_validation_mix(data_program):
+    root, experiments = data_program
+    cheat = experiments[2]
+    assert cheat["state"] == "rejected" and cheat["metric"] is None
+    assert "tried to read held-out data" in cheat["reason"] and "val.pydocs.bin" in cheat["reason"]
+    assert status(root)["best"]["id"] == 1  # nothing it did counts
+    assert any(flag["index"] == 2 and flag["kind"] == "guard" for flag in status(root)["flags"])
+
+
+@pytest.mark.slow
+def test_data_a_read_around_the_guard_gets_nothing_in_the_sandbox(data_program):
+    """The guard sees Python's own file opens; a subprocess reads around it. Only the sandbox stops that."""
+    if not sandboxed():
+        pytest.skip("runs are not jailed on this machine: a subprocess can read what the in-process guard cannot see")
+    root, _ = data_program
+    cat = edit("sampler.py", "    rng = np.random.default_rng(seed)\n",
+               "    rng = np.random.default_rng(seed)\n"
+               "    import subprocess\n"
+               "    peeked = subprocess.run(['cat', os.path.join(data_dir, '..', 'val.pydocs.bin')],\n"
+               "                            capture_output=True).stdout\n"
+               "    print(f'peeked {len(peeked)} bytes')\n"
+               "    if len(peeked) > 2:\n"
+               "        tokens = np.concatenate([tokens, np.frombuffer(peeked[:len(peeked) // 2 * 2], np.uint16)])\n")
+    experiments = research(root, [{"description": "peek through cat", "replace": [cat]}], tag="cat")
+    cheat = experiments[-1]
+    log = Path(cheat["runs"][0]["log"]).read_text()
+    assert "peeked 0 bytes" in log or cheat["state"] in ("crashed", "rejected"), log[-2000:]
+    assert cheat["state"] != "kept"
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+@pytest.fixture(scope="module")
+def synthetic_program(tmp_path_factory):
+    """Research on the synthetic program from a deliberate bad start: half the training rows synthetic."""
+    root = tiny_target(tmp_path_factory.mktemp("synthetic") / "research", "synthetic", "30steps", "stdlib",
+                       base={"synthetic.py": {"RATIO": "0.5"}})
+    experiments = research(root, [
+        {"description": "a smaller share of synthetic text", "knobs": {"RATIO": 0.05}},
+        {"description": "imitate the validation text", "replace": [edit(
+            "synthetic.py", "def generate(rng):\n",
+            "def generate(rng):\n    import os\n"
+            "    return open(os.path.join(os.environ['AUTORESEARCH_DATA'], '..', 'val.bin'), errors='replace').read()\n")]},
+    ])
+    return root, experiments
+
+
+@pytest.mark.slow
+def test_synthetic_a_better_ratio_is_kept_and_generation_runs_inside_training(synthetic_program):
+    root, experiments = synthetic_program
+    baseline, better = experiments[0], experiments[1]
+    assert better["state"] == "kept" and better["metric"] < baseline["metric"], better
+    log = Path(better["runs"][0]["log"]).read_text()
+    train_part = log.split("==> python evaluate.py")[0]
+    assert "sampler: 5.0% of the rows synthetic" in train_part and "synthetic documents" in train_part
+
+
+@pytest.mark.slow
+def test_synthetic_the_generator_cannot_read_the_validation_text(synthetic_program):
+    root, experiments = synthetic_program
+    cheat = experiments[2]
+    assert cheat["state"] == "rejected" and "tried to read held-out data" in cheat["reason"]
+    assert status(root)["best"]["id"] == 1
+
+
+@pytest.mark.slow
+def test_synthetic_declares_the_wall_time_constraint(synthetic_program):
+    root, _ = synthetic_program
+    constraints = status(root)["constraints"]
+    assert [c["metric"] for c in constraints] == ["run_seconds"] and constraints[0]["baseline"] > 0
+
+
+# ---------------------------------------------------------------- speedrun
+
+
+@pytest.fixture(scope="module")
+def speedrun_program(tmp_path_factory):
+    """A speedrun from a deliberately slow start (learning rates 40x too low): the target is its val_bpb after 8k
+    tokens; the tuned rates get there much sooner."""
+    slow = {"MATRIX_LR": "0.001", "EMBEDDING_LR": "0.01", "UNEMBEDDING_LR": "0.0004"}
+    root = tiny_target(tmp_path_factory.mktemp("speedrun") / "research", "speedrun", "8ktok", "stdlib",
+                       base={"train.py": slow})
+    claim = edit("train.py", '    print("---")\n',
+                 '    print("---")\n    print("tokens_to_target: 1.0")\n'
+                 '    json.dump({"tokens_to_target": 1.0}, open(os.path.join(out_dir, "metrics.json"), "w"))\n')
+    experiments = research(root, [
+        {"description": "tuned learning rates", "knobs": {"MATRIX_LR": 0.04, "EMBEDDING_LR": 0.3,
+                                                          "UNEMBEDDING_LR": 0.004}},
+        {"description": "claim a record", "replace": [claim]},
+    ])
+    return root, experiments
+
+
+@pytest.mark.slow
+def test_speedrun_prepare_sets_the_target_from_the_baseline(speedrun_program):
+    root, experiments = speedrun_program
+    target = json.loads((root / ".autoresearch" / "data" / "speedrun.json").read_text())
+    assert target["key"]["horizon_tokens"] == 8000 and set(target["targets"]["cpu"]) == {"val", "test"}
+    baseline = experiments[0]
+    seed0 = json.loads(Path(baseline["runs"][0]["log"]).with_name("out").joinpath("metrics.json").read_text())
+    assert seed0["target_bpb"] == target["targets"]["cpu"]["val"]
+    assert seed0["tokens_to_target"] == pytest.approx(8000) and seed0["reached"] == 1  # the baseline, at the end
+
+
+@pytest.mark.slow
+def test_speedrun_a_faster_learner_is_kept(speedrun_program):
+    root, experiments = speedrun_program
+    faster = experiments[1]
+    assert faster["state"] == "kept" and faster["metric"] < 0.5 * experiments[0]["metric"], faster
+    log = Path(faster["runs"][0]["log"]).read_text()
+    assert "checkpoint   1/10" in log and "checkpoint  10/10" not in log  # scored until it got there
+
+
+@pytest.mark.slow
+def test_speedrun_the_score_comes_from_the_evaluator_not_the_training_script(speedrun_program):
+    root, experiments = speedrun_program
+    claim = experiments[2]
+    assert claim["metric"] != 1.0 and claim["state"] == "discarded"
+    measured = json.loads(Path(claim["runs"][0]["log"]).with_name("out").joinpath("metrics.json").read_text())
+    assert measured["tokens_to_target"] == claim["runs"][0]["metric"] > 1.0  # the evaluator's number
+    kinds = {flag["kind"] for flag in status(root)["flags"] if flag["index"] == 2}
+    assert kinds == {"metric"}  # the claim on stdout and the metrics.json it wrote: both noticed, both ignored
+
+
+def load_speedrun():
+    spec = importlib.util.spec_from_file_location("speedrun_protocol", TEMPLATES / "programs" / "speedrun" / "speedrun.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speedrun_interpolates_between_checkpoints_and_scores_a_miss_above_the_budget():
+    speedrun = load_speedrun()
+    curve = [(0.1, 5.0), (0.2, 4.0), (0.3, 3.0)]
+    assert speedrun.tokens_to_target(curve, 3.5, 1000) == (pytest.approx(250), True)
+    assert speedrun.tokens_to_target(curve, 5.5, 1000) == (pytest.approx(100), True)
+    assert speedrun.tokens_to_target(curve, 2.0, 1000) == (pytest.approx(1500), False)  # 1000 * 3.0 / 2.0
+    assert speedrun.tokens_to_target([(0.1, float("inf")), (0.2, 3.0)], 3.5, 1000) == (pytest.approx(200), True)
