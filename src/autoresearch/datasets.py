@@ -411,8 +411,7 @@ def prepare(data_dir: Path | str, source: str | DataSource | list = "shakespeare
         corpora.append((src.name, texts, splits, nbytes))
     if kind == "bpe":
         log(f"training a {vocab_size}-token byte-level BPE on the train split")
-    tokenizer = train_tokenizer(vocab, interleave(*((texts[doc] for doc in splits["train"])
-                                                    for _, texts, splits, _ in corpora)))
+    tokenizer = train_tokenizer(vocab, interleave(*(map(texts.get, splits["train"]) for _, texts, splits, _ in corpora)))
     if kind == "bpe" and tokenizer.trained_size < vocab_size:
         log(f"note: the train split ran out of merges at {tokenizer.trained_size} tokens; "
             f"ids up to {vocab_size} stay unused")

@@ -1,0 +1,149 @@
+"""Steering a session while it runs: `autoresearch suggest` reaches the next proposal and is recorded with its
+outcome; `autoresearch pause`, `resume` and `stop` act between experiments."""
+
+import json
+import time
+
+import pytest
+
+from autoresearch.agents.llm import memory_text
+from autoresearch.config import AgentSection
+from autoresearch.records import State, Suggestion
+from standin import context_for
+from toy import TAG, run_cli, wait_for
+
+LR_2 = {"description": "as asked: {suggestion}", "knobs": {"LR": 2.0}}
+LR_3 = {"description": "then: {suggestion}", "knobs": {"LR": 3.0}}
+
+
+def run(cli, toy, steps, *extra):
+    return cli("run", "-C", toy.root, "--tag", TAG, *toy.scripted(steps), *extra)
+
+
+def status(cli, toy):
+    return json.loads(cli("status", "-C", toy.root, "--json").out)
+
+
+# ---------------------------------------------------------------- suggestions
+
+
+def test_a_suggestion_reaches_the_next_proposal_and_is_recorded_with_its_outcome(toy, cli):
+    assert run(cli, toy, [], "--experiments", "0").code == 0  # a research line with its baseline
+    queued = cli("suggest", "-C", toy.root, "raise the learning rate towards 3")
+    assert queued.code == 0 and "suggestion #1 queued for research line t" in queued.out
+    assert "the next proposal considers it" in queued.out
+    assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
+    data = status(cli, toy)
+    experiment = data["experiments"][1]
+    assert experiment["description"] == "as asked: raise the learning rate towards 3"  # what the agent was given
+    (suggestion,) = data["suggestions"]
+    assert suggestion["experiment"] == 1 and suggestion["state"] == "kept"
+    assert suggestion["metric"] == pytest.approx(2.4) and suggestion["text"] == "raise the learning rate towards 3"
+    text = cli("status", "-C", toy.root).out
+    assert "suggestions from the human:" in text and "'raise the learning rate towards 3': taken up by #1: kept" in text
+
+
+def test_suggestions_are_taken_up_one_per_proposal_oldest_first(toy, cli):
+    cli("suggest", "-C", toy.root, "first idea")
+    second = cli("suggest", "-C", toy.root, "second", "idea")  # several words make one suggestion
+    assert "1 suggestion(s) are ahead of it" in second.out
+    assert run(cli, toy, [LR_2, LR_3], "--experiments", "2").code == 0
+    data = status(cli, toy)
+    assert [e["description"] for e in data["experiments"][1:]] == ["as asked: first idea", "then: second idea"]
+    assert [(s["text"], s["experiment"]) for s in data["suggestions"]] == [("first idea", 1), ("second idea", 2)]
+
+
+def test_an_agent_that_does_not_read_suggestions_leaves_them_waiting(toy, cli):
+    cli("suggest", "-C", toy.root, "try a wider model")
+    assert cli("run", "-C", toy.root, "--tag", TAG, "--agent", "search", "--experiments", "1").code == 0
+    (suggestion,) = status(cli, toy)["suggestions"]
+    assert suggestion["experiment"] is None
+    assert "'try a wider model': waiting for the next proposal" in cli("status", "-C", toy.root).out
+    assert run(cli, toy, [LR_2], "--experiments", "1").code == 0  # the scripted agent reads it
+    assert status(cli, toy)["suggestions"][0]["experiment"] == 2
+
+
+def test_a_failed_proposal_leaves_the_suggestion_for_the_next_one(toy, cli):
+    cli("suggest", "-C", toy.root, "an idea")
+    assert run(cli, toy, [{"description": "garbage", "error": "the model answered nonsense"}, LR_2],
+               "--experiments", "2").code == 0
+    data = status(cli, toy)
+    assert data["experiments"][1]["state"] == "rejected" and data["suggestions"][0]["experiment"] == 2
+
+
+def test_the_llm_agents_see_the_suggestion_above_their_memory(toy):
+    context = context_for(toy.root)
+    plain = memory_text(context, AgentSection())
+    assert "suggestion" not in plain.lower()
+    from dataclasses import replace
+    asked = memory_text(replace(context, suggestions=(Suggestion(7, "use a cosine\nschedule"),)), AgentSection())
+    assert asked.startswith("## A suggestion from the human, for this proposal")
+    assert "- use a cosine schedule\n" in asked and asked.index("use a cosine") < asked.index("## Research memory")
+
+
+def test_the_claude_agent_sends_the_suggestion_and_records_it_taken(toy, cli, monkeypatch):
+    pytest.importorskip("anthropic")
+    from standin import StandIn, message, tool_use
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    cli("suggest", "-C", toy.root, "set LR to 2.0 exactly")
+    replies = [message(tool_use("replace", path="train.py", old="LR = 1.0", new="LR = 2.0")),
+               message(tool_use("finish", hypothesis="LR 2.0, as suggested"))]
+    with StandIn(replies) as server:
+        result = cli("run", "-C", toy.root, "--tag", TAG, "--agent", "claude", "--base-url", server.url,
+                     "--experiments", "1")
+    assert result.code == 0, result.text
+    first = json.dumps(server.requests[0].body)
+    assert "A suggestion from the human" in first and "set LR to 2.0 exactly" in first
+    assert status(cli, toy)["suggestions"][0]["experiment"] == 1
+
+
+def test_suggest_before_any_research_waits_for_the_first_line(toy, cli):
+    queued = cli("suggest", "-C", toy.root, "an early idea")
+    assert queued.code == 0 and "queued for the next research line" in queued.out
+    assert "no session is running" in queued.out
+    assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
+    assert status(cli, toy)["experiments"][1]["description"] == "as asked: an early idea"
+
+
+def test_an_empty_suggestion_is_a_usage_error(toy, cli):
+    assert cli("suggest", "-C", toy.root, "  ").code == 2
+
+
+# ---------------------------------------------------------------- pause, resume, stop
+
+
+def sessions(toy):
+    return toy.sessions()
+
+
+def test_pause_holds_between_experiments_resume_goes_on_stop_ends_cleanly(make_toy, spawn_cli, tmp_path, cli):
+    toy = make_toy(sleep=0.3)
+    log = tmp_path / "harness.log"
+    steps = [{"description": f"LR {lr}", "knobs": {"LR": lr}} for lr in (1.5, 2.0, 2.5, 2.8, 2.9, 3.0, 3.1, 3.2)]
+    process = spawn_cli("run", "-C", toy.root, "--tag", TAG, *toy.scripted(steps), log=log)
+    assert wait_for(lambda: len(toy.experiments()) >= 2, timeout=60), log.read_text()
+
+    paused = cli("pause", "-C", toy.root)
+    assert paused.code == 0 and "pause requested" in paused.out and "no session is running" not in paused.out
+    assert wait_for(lambda: "paused: waiting for resume" in log.read_text(), timeout=30), log.read_text()
+    held = len(toy.experiments())
+    time.sleep(1.5)
+    assert len(toy.experiments()) == held and process.poll() is None  # held, not ended
+
+    assert cli("resume", "-C", toy.root).code == 0
+    assert wait_for(lambda: len(toy.experiments()) > held, timeout=30), log.read_text()
+
+    assert cli("stop", "-C", toy.root).code == 0
+    assert process.wait(timeout=60) == 0, log.read_text()
+    (session,) = sessions(toy)
+    assert session["end_reason"].startswith("stopped on request (control file)")
+    assert all(e.state.final for e in toy.experiments()) and len(toy.experiments()) < len(steps) + 1
+    assert toy.branch() == toy.best().commit
+
+
+def test_a_stop_with_no_session_running_does_not_stop_the_next_one(toy, cli):
+    stopped = cli("stop", "-C", toy.root)
+    assert stopped.code == 0 and "no session is running on this target" in stopped.out
+    assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
+    assert [e.state for e in toy.experiments()] == [State.BASELINE, State.KEPT]
