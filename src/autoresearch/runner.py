@@ -3,8 +3,7 @@
 The run sees a scrubbed environment (an allow-list: no API keys or cloud credentials reach
 training code), only the training part of the data, and an empty output directory. Its state is
 decided here: ok, crashed (non-zero exit, no metric, NaN), timeout, interrupted, or rejected (the
-run tampered with what the evaluator reads: see integrity.py; or a guarded training command
-reached for held-out data: see guard.py).
+run tampered with what the evaluator reads: see integrity.py).
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ class Session:
                 reached = self._limit_reached(started)
                 if reached:
                     return f"stopped: {reached}"
-                if control.hold(self.target.state, self.say):  # `autoresearch pause` / `stop`, between experiments
+                if control.hold(self.target.state, self.say):  # the dashboard's pause / stop, between experiments
                     return f"{STOPPED} after {done} experiments"
                 experiment = self.step(worktree, slot)
                 done += 1

@@ -34,7 +34,7 @@ import sys
 import tempfile
 
 CHECKPOINTS = 10          # checkpoints per run, evenly spaced over the budget
-CHECKPOINT_EVAL_TOKENS = {"cpu": 2**15, "mps": 2**16, "cuda": 2**18}  # held-out tokens scored per checkpoint
+CHECKPOINT_EVAL_TOKENS = {"cpu": 2**14, "mps": 2**16, "cuda": 2**18}  # held-out tokens scored per checkpoint
 TARGET_FILE = "speedrun.json"
 
 
