@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Optional
 
-from . import judge, knobs as knob_values, scope
+from . import control, judge, knobs as knob_values, scope
 from .agents import Agent, AgentExhausted, Context, Proposal, ProposalError
 from .budget import Budget
 from .executor import Executor, Slot, kill_leftovers
@@ -147,6 +147,7 @@ class Session:
         slot = self.executor.slots()[0]
         worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
         reason = "stopped"
+        control.clear(self.target.state)  # a pause or stop left from an earlier session does not apply
         try:
             if self.ledger.best(self.tag) is None:
                 baseline = self._run_baseline(worktree, slot)
@@ -155,6 +156,10 @@ class Session:
                     raise SessionError(reason)
             done, failures = 0, 0
             while experiments is None or done < experiments:
+                if control.hold(self.target.state, self.say):  # the dashboard's pause / stop, between experiments
+                    reason = f"stopped on request (control file) after {done} experiments"
+                    self.say(reason)
+                    return reason
                 experiment = self.step(worktree, slot)
                 done += 1
                 failures = failures + 1 if experiment.reason.startswith("agent error") else 0
