@@ -60,7 +60,7 @@ def render(snap: dict) -> RenderableType:
     baseline, best = s["baseline"], s["best"]
     figures = Text()
     figures.append(f"baseline {name} ", style="bold")
-    figures.append(_number(baseline["metric"]) if baseline else "(running)")
+    figures.append(_number(baseline["metric"]) if baseline else "(none yet)")
     if best:
         figures.append("   best ", style="bold")
         figures.append(f"{_number(best['metric'])}", style="bold green")
