@@ -20,8 +20,8 @@ from autoresearch.records import State
 from autoresearch.serve import create_app
 from autoresearch.target import Target
 from researched import build_researched
-from test_serve import Server
 from toy import TAG, run_cli
+from webserver import Server
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
@@ -190,7 +190,7 @@ def test_a_running_then_finished_experiment_appears_without_a_reload(page, resea
         wait_rows(page, list(range(9, -1, -1)))
         page.wait_for_selector("#experiments tbody tr.s-discarded[data-id='9']")
         assert page.locator("#chart svg .dot").count() == 10
-        assert "idle" in page.locator("#slots").inner_text()
+        page.wait_for_function("document.querySelector('#slots').textContent.includes('idle')")
     assert page.errors == []
 
 

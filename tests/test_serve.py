@@ -4,13 +4,10 @@ pausing and stopping a real session."""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from autoresearch import control, observe
@@ -19,6 +16,7 @@ from autoresearch.serve import ServeError, check_bind, create_app
 from autoresearch.target import Target
 from researched import STATES, build_researched
 from toy import TAG, run_cli, wait_for
+from webserver import Server
 
 LOCAL = "http://127.0.0.1"
 CONTROL = {"X-Autoresearch": "control"}
@@ -183,31 +181,6 @@ def test_binding_off_localhost_needs_a_token(researched, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- a real server and a real session
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """uvicorn serving the dashboard app on a free local port, in a thread."""
-
-    def __init__(self, app, host: str = "127.0.0.1"):
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://{host}:{self.port}"
-
-    def __enter__(self) -> "Server":
-        self.thread.start()
-        assert wait_for(lambda: self.server.started, timeout=20)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def test_dashboard_pauses_resumes_and_stops_a_real_session(make_toy, spawn_cli, tmp_path):
