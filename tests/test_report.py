@@ -2,12 +2,12 @@
 
 import re
 import shutil
-import sqlite3
 import subprocess
 
 import pytest
 
 from autoresearch.ledger import Ledger
+from autoresearch.records import RunRecord, RunState
 from researched import STATES, build_researched
 from toy import TAG, run_cli
 
@@ -80,9 +80,10 @@ def test_kept_chain_shows_effects_with_uncertainty_over_seeds(report):
     _, page = report
     chain = page.split("<h2>Kept chain</h2>")[1].split("</table>")[0]
     assert re.findall(r'<a href="#diff-(\d+)">', chain) == ["0", "1", "7"]
-    # three seeds each: metric mean ± sd; effect over the parent ± its standard error
-    assert "2.39 ± 0.02 <small>(3 seeds)</small>" in chain
-    assert "+3 ± 0.016" in chain and "+0.4 ± 0.016" in chain
+    # metric mean ± sd over seeds (#1's implausible jump was confirmed on 3 more); the judge's effect over the
+    # parent ± its standard error
+    assert "5.39 ± 0.02 <small>(3 seeds)</small>" in chain and "2.39667 ± 0.022 <small>(6 seeds)</small>" in chain
+    assert "+2.993 ± 0.015" in chain and "+0.4067 ± 0.015" in chain
 
 
 def test_report_html_escapes_descriptions_and_diffs(report):
@@ -118,32 +119,42 @@ def test_report_before_any_research_says_so(toy):
     assert result.code == 2 and "no research yet" in result.err
 
 
-def test_report_shows_flags_cost_noise_and_test_split_when_the_ledger_has_them(researched, tmp_path):
+def test_report_shows_the_flags_and_the_noise_model(report):
+    _, page = report
+    flags = page.split("<h2>Flags</h2>")[1].split("</table>")[0]
+    assert '<a href="#diff-1">#1</a>' in flags and "implausible jump: a gain of 3" in flags
+    assert "⚑ implausible" in page.split("<h2>All experiments</h2>")[1]
+    noise = page.split("<h2>Noise model</h2>")[1].split("</table>")[0]
+    assert "pooled_sd" in noise and "0.02" in noise
+
+
+def test_report_shows_cost_and_test_split_when_the_ledger_has_them(researched, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(researched.root, root)
-    db = sqlite3.connect(root / ".autoresearch" / "ledger.sqlite")
-    ids = dict(db.execute("SELECT idx, id FROM experiments").fetchall())
-    db.executescript(f"""
-        CREATE TABLE flags (id INTEGER PRIMARY KEY, experiment INTEGER, kind TEXT, message TEXT);
-        INSERT INTO flags (experiment, kind, message) VALUES ({ids[7]}, 'implausible', 'gain of 9 sigma: confirmed');
-        ALTER TABLE experiments ADD COLUMN cost_usd REAL;
-        UPDATE experiments SET cost_usd = 0.25 WHERE idx > 0;
-        CREATE TABLE noise_model (id INTEGER PRIMARY KEY, tag TEXT, sd REAL, seeds INTEGER);
-        INSERT INTO noise_model (tag, sd, seeds) VALUES ('{TAG}', 0.0123, 5);
-        ALTER TABLE runs ADD COLUMN split TEXT;
-        INSERT INTO runs (experiment_id, seed, state, metric, finished_at, split) VALUES
-            ({ids[7]}, 0, 'ok', 2.11, 0, 'test'), ({ids[7]}, 1, 'ok', 2.13, 0, 'test');
-    """)
-    db.commit()
-    db.close()
+    ledger = Ledger(root / ".autoresearch" / "ledger.sqlite")
+    try:
+        ledger.db.execute("ALTER TABLE experiments ADD COLUMN cost_usd REAL")  # what agent cost columns may look like
+        ledger.db.execute("UPDATE experiments SET cost_usd = 0.25 WHERE idx > 0")
+        baseline, best = ledger.baseline(TAG), ledger.best(TAG)
+        verification = ledger.start_verification(TAG, "heldout", {"seeds": [0, 1], "split": "test", "budget": "1s",
+                                                                  "scale": []}, baseline.commit, best.commit)
+        for seed, (base, cand) in enumerate([(5.5, 2.11), (5.52, 2.13)]):
+            for role, commit, metric in (("baseline", baseline.commit, base), ("candidate", best.commit, cand)):
+                ledger.add_verification_run(verification, role, commit, "test",
+                                            RunRecord(0, seed, RunState.OK, metric, seconds=1.0))
+        ledger.finish_verification(verification, {"effect": {"pairs": 2, "effect": 3.39, "ci": [3.3, 3.48],
+                                                             "verdict": "holds"}})
+    finally:
+        ledger.close()
     out = tmp_path / "out"
     result = run_cli("report", "-C", root, "--out", out)
     assert result.code == 0, result.text
     page = (out / "report.html").read_text()
-    assert "<h2>Flags</h2>" in page and "gain of 9 sigma: confirmed" in page and "⚑ implausible" in page
     assert "<h2>Cost</h2>" in page and '<div class="k">agent cost</div><div class="v">$2.00' in page
-    assert "<h2>Noise model</h2>" in page and "0.0123" in page
-    assert "<h2>Validation and test split</h2>" in page and "2.12 ± 0.014 <small>(2 seeds)</small>" in page
+    test = page.split("<h2>Validation and test split</h2>")[1].split("</table>")[0]
+    assert "5.51 ± 0.014 <small>(2 seeds)</small>" in test and "2.12 ± 0.014 <small>(2 seeds)</small>" in test
+    verifications = page.split("<h2>Verifications</h2>")[1].split("</table>")[0]
+    assert "heldout" in verifications and "+3.39 [+3.3, +3.48]" in verifications and "<b>holds</b>" in verifications
 
 
 # ---------------------------------------------------------------------------- export --branch / --patches
@@ -160,8 +171,9 @@ def test_export_branch_has_one_commit_per_kept_change_on_the_base(researched):
     assert researched.git("rev-parse", "review/wins^{tree}") == researched.git("rev-parse", f"autoresearch/{TAG}^{{tree}}")
     first = researched.git("log", "-1", "--format=%B", commits[0])
     assert first.startswith("raise LR to 2\n\nHypothesis: raise LR to 2\n")
-    assert "Effect: score 5.39 -> 2.39 (-3; +3 better, 55.66%, minimize)" in first
-    assert "Uncertainty: score 2.39 ± 0.02 over 3 seeds, parent 5.39 ± 0.02 over 3 seeds; effect +3 ± 0.016" in first
+    assert "Effect: score 5.39 -> 2.39667 (-2.993; +2.993 better, 55.53%, minimize)" in first
+    assert "Uncertainty: score 2.39667 ± 0.022 over 6 seeds, parent 5.39 ± 0.02 over 3 seeds; effect +2.993 ± 0.015" \
+        in first
     assert "experiment #1, proposed by scripted" in first
     assert researched.git("show", "--format=", "--stat", commits[1]).count("train.py") == 1
     after = (researched.git("rev-parse", "HEAD"), researched.git("status", "--porcelain"),

@@ -66,8 +66,8 @@ def test_experiments_list_every_state_without_diffs(client):
     assert data["agents"] == ["harness", "scripted"]
     assert "diff" not in data["experiments"][1]
     kept = data["experiments"][1]
-    assert (kept["seeds"], kept["parent_id"]) == (3, 0)
-    assert kept["effect"] == pytest.approx(3.0) and kept["effect_se"] == pytest.approx(0.01633, abs=1e-4)
+    assert (kept["seeds"], kept["parent_id"]) == (6, 0)
+    assert kept["effect"] == pytest.approx(2.99333, abs=1e-5) and kept["effect_se"] == pytest.approx(0.01453, abs=1e-4)
 
 
 @pytest.mark.parametrize("query, expected", [
@@ -86,14 +86,14 @@ def test_experiment_filters(client, query, expected):
 def test_one_experiment_with_its_diff_and_runs(client):
     data = get(client, "/api/experiments/1")
     assert data["description"] == "raise LR to 2" and "+LR = 2.0" in data["diff"]
-    assert [(r["seed"], r["state"]) for r in data["runs"]] == [(0, "ok"), (1, "ok"), (2, "ok")]
+    assert [(r["seed"], r["state"]) for r in data["runs"]] == [(seed, "ok") for seed in range(6)]  # 3 confirm a jump
     assert client.get("/api/experiments/99").status_code == 404
 
 
 def test_log_tail_of_a_finished_experiment(client):
-    data = get(client, "/api/log/1?tail=2")
-    assert not data["running"] and data["source"].endswith("seed2/log.txt")
-    assert data["lines"][-1].startswith("score: 2.4")
+    data = get(client, "/api/log/2?tail=2")
+    assert not data["running"] and data["source"].endswith("00002/seed2/log.txt")
+    assert data["lines"][-1].startswith("score: 3.6")
     assert len(data["lines"]) == 2
     assert client.get("/api/log/99").status_code == 404
 

@@ -66,8 +66,7 @@ def test_in_flight_shows_the_running_experiment_with_its_progress(running):
     slots = observe.in_flight(target, ledger, TAG, now=experiment.created_at + 7)
     assert len(slots) == 1
     slot = slots[0]
-    assert (slot["slot"], slot["busy"], slot["id"], slot["seed"], slot["seed_position"], slot["seeds"]) == \
-           ("cpu0", True, 9, 0, 1, 3)
+    assert (slot["slot"], slot["busy"], slot["id"], slot["seed"], slot["run"]) == ("cpu0", True, 9, 0, 1)
     assert slot["progress"]["source"] == "log" and slot["progress"]["step"] == 120
     assert slot["elapsed"] == pytest.approx(7)
     assert slot["stale"]  # no session is alive: a harness left it
@@ -105,7 +104,7 @@ def test_live_panel_shows_slot_progress_best_baseline_and_counts(running):
     assert "kept 2" in text and "discarded 1" in text and "crashed 1" in text and "rejected 2" in text
     assert "timeout 1" in text and "interrupted 1" in text
     assert "#9 deeper model" in text and "35%" in text and "step 120" in text and "loss 2.1234" in text
-    assert "15,000 tok/s" in text and "seed 0 (1/3)" in text and "1:05" in text
+    assert "15,000 tok/s" in text and "seed 0 · run 1" in text and "1:05" in text
     assert "cost" not in text  # the ledger has no cost columns
 
 

@@ -63,11 +63,13 @@ def commit_message(experiment: Experiment, row: dict, parent: Optional[Experimen
                      f"({experiment.metric - parent.metric:+.4g}; {row['effect']:+.4g} better{relative}, "
                      f"{config.metric.goal})")
     parent_row = row.get("parent_stats")
-    if row["effect_se"] is not None and parent_row:
-        lines.append(f"Uncertainty: {name} {experiment.metric:.6g} ± {row['sd']:.2g} over {row['seeds']} seeds, "
-                     f"parent {parent_row['metric']:.6g} ± {parent_row['sd']:.2g} over {parent_row['seeds']} seeds; "
-                     f"effect {row['effect']:+.4g} ± {row['effect_se']:.2g} (standard error, "
-                     f"{row['effect'] / row['effect_se']:.1f} se)")
+    if row["effect_se"] and row["effect"] is not None:
+        spread = []
+        for label, stats in (("", row), ("parent ", parent_row)):
+            if stats and stats["sd"] is not None:
+                spread.append(f"{label}{stats['metric']:.6g} ± {stats['sd']:.2g} over {stats['seeds']} seeds")
+        lines.append(f"Uncertainty: {name} {', '.join(spread) + '; ' if spread else ''}effect {row['effect']:+.4g} "
+                     f"± {row['effect_se']:.2g} (standard error, {row['effect'] / row['effect_se']:.1f} se)")
     else:
         lines.append(f"Uncertainty: not measured: {row['seeds']} seed(s) for this change; "
                      "`autoresearch verify` or more seeds tell how much of the effect is noise")

@@ -112,7 +112,7 @@ def render(snap: dict) -> RenderableType:
                       Text("" if fraction is None else f"{100 * fraction:3.0f}%"
                            + ("" if progress.get("source") == "log" else " (clock)")),
                       Text(" ".join(detail)),
-                      Text(f"seed {slot['seed']} ({slot['seed_position']}/{slot['seeds']})", style="dim"),
+                      Text(f"seed {slot['seed']} · run {slot['run']}", style="dim"),
                       Text(_duration(slot["elapsed"]), style="dim"),
                       Text("left by a stopped harness" if slot["stale"] else "", style="yellow"))
     if snap["slots"]:

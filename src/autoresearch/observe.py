@@ -68,11 +68,12 @@ def rows(experiments: list[Experiment], config: Config, extra: Optional[dict] = 
         row = experiment_dict(e)
         mean, sd, n = seed_stats(e)
         parent = chain.get(e.parent) if e.parent else None
-        effect = effect_se = None
+        effect, effect_se = getattr(e, "effect", None), getattr(e, "effect_se", None)  # the judge's, where recorded
         if parent is not None and e.ok and parent.ok:
-            effect = (parent.metric - e.metric) if config.minimize else (e.metric - parent.metric)
+            if effect is None:
+                effect = (parent.metric - e.metric) if config.minimize else (e.metric - parent.metric)
             _, parent_sd, parent_n = seed_stats(parent)
-            if sd is not None and parent_sd is not None:
+            if effect_se is None and sd is not None and parent_sd is not None:
                 effect_se = math.sqrt(sd ** 2 / n + parent_sd ** 2 / parent_n)
         row.update(sd=sd, seeds=n, parent_id=parent.index if parent else None, effect=effect, effect_se=effect_se,
                    created_at=e.created_at, finished_at=e.finished_at,
@@ -132,8 +133,44 @@ def optional(ledger: Ledger, tag: str) -> dict:
     db = ledger.db
     index = dict(db.execute("SELECT id, idx FROM experiments WHERE tag = ?", (tag,)).fetchall())
     tables = _tables(db)
+    verifications = _verifications(ledger, tag, index)
+    test = _test(db, tables, index)
+    for v in verifications:  # held-out test figures of the commits a verification ran on the test split
+        if v["split"] == "test" and not v["scale"]:
+            for role in ("baseline", "candidate"):
+                if v[f"{role}_id"] is not None and v[role]["n"] and v[f"{role}_id"] not in test:
+                    test[v[f"{role}_id"]] = v[role]
     return {"cost": _cost(db, tables, index), "flags": _flags(db, tables, index),
-            "noise": _noise(db, tables, tag), "test": _test(db, tables, index)}
+            "noise": _noise(db, tables, tag), "test": test, "verifications": verifications}
+
+
+def _verifications(ledger: Ledger, tag: str, index: dict) -> list[dict]:
+    """Verifications (held-out test, scaled re-runs) where the ledger records them: both sides' mean ± sd and
+    the paired effect with its interval and verdict."""
+    if not hasattr(ledger, "verifications"):
+        return []
+    by_commit = {}
+    for id_, idx, commit, state in ledger.db.execute(
+            "SELECT id, idx, commit_sha, state FROM experiments WHERE tag = ? ORDER BY idx", (tag,)):
+        if commit and (commit not in by_commit or state in ("baseline", "kept")):
+            by_commit[commit] = idx
+    out = []
+    for v in ledger.verifications(tag):
+        settings, summary = v.get("settings") or {}, v.get("summary") or {}
+        if isinstance(summary, str):
+            summary = json.loads(summary or "{}")
+        entry = {"id": v["id"], "kind": v["kind"], "split": settings.get("split", ""),
+                 "budget": settings.get("budget", ""), "scale": settings.get("scale") or [],
+                 "effect": (summary.get("effect") or {}) if isinstance(summary, dict) else {}}
+        for role, key in (("baseline", "baseline_commit"), ("candidate", "candidate_commit")):
+            source = settings.get(f"{role}_source") or v[key]
+            values = [r["metric"] for r in v.get("runs", []) if r["role"] == role and r["state"] == "ok"
+                      and r["metric"] is not None]
+            entry[f"{role}_id"] = by_commit.get(source)
+            entry[role] = {"mean": statistics.fmean(values) if values else None,
+                           "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+        out.append(entry)
+    return out
 
 
 def _cost(db, tables: set[str], index: dict) -> Optional[dict]:
@@ -190,7 +227,8 @@ def _noise(db, tables: set[str], tag: str) -> Optional[dict]:
         where, args = ("WHERE tag = ?", (tag,)) if "tag" in columns else ("", ())
         row = db.execute(f'SELECT * FROM "{table}" {where} ORDER BY rowid DESC LIMIT 1', args).fetchone()
         if row:
-            return {c: v for c, v in zip(columns, row) if c not in ("id", "tag") and v is not None}
+            return {c: v for c, v in zip(columns, row)
+                    if c not in ("id", "tag", "experiment_id", "created_at") and v is not None}
     return None
 
 
@@ -308,7 +346,11 @@ def _running(target: Target, ledger: Ledger, tag: str, e: Experiment, budget: Bu
              slot: Optional[str], alive: bool) -> dict:
     config = target.config
     done = {r.seed for r in e.runs}
-    seed = next((s for s in config.run.seeds if s not in done), config.run.seeds[-1])
+    directory = run_dir(target, tag, e.index)
+    started_dirs = sorted(directory.glob("seed*"), key=lambda p: p.stat().st_mtime) if directory.is_dir() else []
+    seeds = [int(p.name[4:]) for p in started_dirs if p.name[4:].isdigit()]
+    seed = next((s for s in reversed(seeds) if s not in done),
+                next((s for s in config.run.seeds if s not in done), config.run.seeds[-1]))
     (last_finished,) = ledger.db.execute("SELECT MAX(finished_at) FROM runs WHERE experiment_id = ?",
                                          (e.id,)).fetchone()
     started = max(e.created_at, last_finished or 0)
@@ -325,7 +367,7 @@ def _running(target: Target, ledger: Ledger, tag: str, e: Experiment, budget: Bu
     elif config.budget.timeout:
         progress.update(fraction=min(1.0, elapsed / config.budget.timeout), source="clock")
     return {"slot": slot, "busy": True, "id": e.index, "description": e.description, "agent": e.agent,
-            "seed": seed, "seeds": len(config.run.seeds), "seed_position": len(done) + 1,
+            "seed": seed, "run": len(done) + 1,
             "phase": "evaluate" if evaluating else "train", "started_at": started, "elapsed": elapsed,
             "budget": str(budget), "progress": progress, "log": str(log), "stale": not alive}
 

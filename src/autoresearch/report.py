@@ -249,6 +249,25 @@ def report_html(rows: list[dict], summary: dict, extra: dict, png: bytes, sessio
                       (_pm(t["mean"], t["sd"], t["n"]), t["mean"])] for i, t in sorted(extra["test"].items())]
         sections.append("<section><h2>Validation and test split</h2>"
                         + _table(["#", "description", "validation", "test"], test_rows) + "</section>")
+    if extra.get("verifications"):
+        def side(v, role):
+            ref = f"#{v[role + '_id']} " if v[role + "_id"] is not None else ""
+            return ref + _pm(v[role]["mean"], v[role]["sd"], v[role]["n"])
+
+        def effect(v):
+            e = v["effect"]
+            if e.get("effect") is None:
+                return _e(e.get("verdict", "–"))
+            ci = f" [{e['ci'][0]:+.4g}, {e['ci'][1]:+.4g}]" if e.get("ci") else ""
+            return f"{e['effect']:+.4g}{ci} <small>({e.get('pairs', 0)} pairs)</small>: <b>{_e(e.get('verdict', ''))}</b>"
+
+        sections.append("<section><h2>Verifications</h2><p>Baseline and candidate re-run with the same seeds, "
+                        "interleaved; the effect is the mean paired improvement with its 95% interval.</p>" + _table(
+            ["#", "kind", "split", "budget", "scale", "baseline", "candidate", "effect"],
+            [[(str(v["id"]), v["id"]), (_e(v["kind"]), v["kind"]), (_e(v["split"]), v["split"]),
+              (_e(v["budget"]), v["budget"]), (_e(", ".join(v["scale"])), None), (side(v, "baseline"), None),
+              (side(v, "candidate"), None), (effect(v), (v["effect"] or {}).get("effect"))]
+             for v in extra["verifications"]]) + "</section>")
     if extra.get("noise"):
         sections.append("<section><h2>Noise model</h2>" + _table(
             ["key", "value"], [[(_e(k), k), (_e(v), None)] for k, v in extra["noise"].items()]) + "</section>")
