@@ -68,6 +68,7 @@ def page(browser):
 
 def screenshot(page, tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
+    page.evaluate("window.scrollTo(0, 0)")  # sticky table headers are drawn where the page was scrolled
     page.screenshot(path=str(path), full_page=True)
     keep = os.environ.get("AUTORESEARCH_SCREENSHOTS")
     if keep:

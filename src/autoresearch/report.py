@@ -270,7 +270,8 @@ def report_html(rows: list[dict], summary: dict, extra: dict, png: bytes, sessio
              for v in extra["verifications"]]) + "</section>")
     if extra.get("noise"):
         sections.append("<section><h2>Noise model</h2>" + _table(
-            ["key", "value"], [[(_e(k), k), (_e(v), None)] for k, v in extra["noise"].items()]) + "</section>")
+            ["key", "value"], [[(_e(k), k), (_e(_num(v) if isinstance(v, float) else v), None)]
+                               for k, v in extra["noise"].items()]) + "</section>")
     if extra.get("flags"):
         sections.append("<section><h2>Flags</h2>" + _table(
             ["#", "kind", "message"], [[(f'<a href="#diff-{f["id"]}">#{f["id"]}</a>', f["id"]),
