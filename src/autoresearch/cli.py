@@ -146,7 +146,8 @@ def run_session(target: Target, agent_name: str, agent_options: dict, experiment
         print(f"session {session.session_id} on {session.branch}: agent {agent_name}, budget {session.budget}, "
               f"slot {executor.slots()[0].name}")
         try:
-            reason = session.run(experiments)
+            with _live_view(target, session.tag):
+                reason = session.run(experiments)
         finally:
             session.close()
     except SessionError as exc:
@@ -242,6 +243,15 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _live_view(target: Target, tag: str):
+    """The Rich live panel while the session runs, on a terminal; nothing elsewhere (plain lines only)."""
+    from contextlib import nullcontext
+
+    from .live import LiveView, wanted
+
+    return LiveView(target, tag) if wanted() else nullcontext()
+
+
 def cmd_status(args) -> int:
     from .ledger import Ledger
     from .status import render, status_dict
@@ -273,17 +283,58 @@ def _existing_tag(target: Target, tag: Optional[str]) -> Optional[str]:
 
 
 def cmd_export(args) -> int:
-    from .export import write_tsv
+    from .export import ExportError, write_branch, write_patches, write_tsv
     from .ledger import Ledger
 
     target = Target.open(args.C)
     tag = _existing_tag(target, args.tag)
     if tag is None:
         raise UsageError("nothing to export: no research yet")
-    if not args.tsv:
-        raise UsageError("say what to export: --tsv FILE")
-    rows = write_tsv(Ledger(target.ledger_path), tag, target.config.metric.name, Path(args.tsv))
-    print(f"wrote {rows} experiments to {args.tsv}")
+    if not (args.tsv or args.patches or args.branch):
+        raise UsageError("say what to export: --tsv FILE, --patches DIR or --branch NAME")
+    ledger = Ledger(target.ledger_path)
+    if args.tsv:
+        rows = write_tsv(ledger, tag, target.config.metric.name, Path(args.tsv))
+        print(f"wrote {rows} experiments to {args.tsv}")
+    try:
+        if args.branch:
+            commits = write_branch(target.git, ledger, tag, target.config, args.branch)
+            print(f"branch {args.branch}: {len(commits)} commits, one per kept change, on the base commit "
+                  f"(git log {args.branch})")
+        if args.patches:
+            files = write_patches(target.git, ledger, tag, target.config, args.patches)
+            print(f"wrote {len(files)} patches to {args.patches} (apply on the base commit with "
+                  f"`git am {Path(args.patches) / '*.patch'}`)")
+    except ExportError as exc:
+        print(f"autoresearch: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .ledger import Ledger
+    from .report import build
+
+    target = Target.open(args.C)
+    tag = _existing_tag(target, args.tag)
+    if tag is None:
+        raise UsageError("nothing to report: no research yet (`autoresearch run` starts a session)")
+    out = Path(args.out) if args.out else target.state / "report"
+    png, page = build(target, Ledger(target.ledger_path), tag, out)
+    print(f"wrote {page} and {png}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import ServeError, serve
+
+    target = Target.open(args.C)
+    if args.tag:
+        _existing_tag(target, args.tag)
+    try:
+        serve(target, args.host, args.port, args.token, args.tag)
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
     return 0
 
 
@@ -358,10 +409,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="research line (default: the latest)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("export", parents=[common], help="export results (results.tsv)")
+    p = sub.add_parser("export", parents=[common], help="export results (results.tsv) or the kept chain (commits)")
     p.add_argument("--tsv", metavar="FILE", help="write karpathy/autoresearch's results.tsv format")
+    p.add_argument("--patches", metavar="DIR", help="the kept chain as format-patch files, one per kept change")
+    p.add_argument("--branch", metavar="NAME", help="the kept chain as a new branch, one commit per kept change")
     p.add_argument("--tag", help="research line (default: the latest)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", parents=[common], help="progress.png and a self-contained report.html")
+    p.add_argument("--out", metavar="DIR", help="where to write them (default: .autoresearch/report/)")
+    p.add_argument("--tag", help="research line (default: the latest)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", parents=[common], help="live dashboard in the browser")
+    p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; others need --token)")
+    p.add_argument("--token", help="required on every request (default: $AUTORESEARCH_TOKEN); needed off localhost")
+    p.add_argument("--tag", help="research line (default: the latest, followed as new ones start)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", parents=[common], help="offline demo: init + prepare + run the search agent on the built-in target")
     p.add_argument("--dir", default="autoresearch-demo", help="where to create the demo target")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Optional
 
-from . import integrity, judge, knobs as knob_values, scope, stats, verify
+from . import control, integrity, judge, knobs as knob_values, scope, stats, verify
 from .agents import Agent, AgentError, AgentExhausted, Context, Proposal, ProposalError
 from .budget import Budget
 from .config import LimitsSection
@@ -30,6 +30,7 @@ from .records import Experiment, Flag, RunState, State
 from .runner import Runner, RunSpec
 from .target import Target
 
+STOPPED = "stopped on request (control file)"
 MAX_AGENT_FAILURES = 5  # consecutive agent errors before the session pauses instead of spinning
 
 
@@ -156,6 +157,7 @@ class Session:
         slot = self.executor.slots()[0]
         worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
         reason = "stopped"
+        control.clear(self.target.state)  # a pause or stop left from an earlier session does not apply
         try:
             if self.ledger.best(self.tag) is None:
                 baseline = self._run_baseline(worktree, slot)
@@ -164,7 +166,7 @@ class Session:
                     raise SessionError(reason)
             reason = self._loop(worktree, slot, experiments, started)
             self.say(reason)
-            if final_test and experiments != 0:
+            if final_test and experiments != 0 and not reason.startswith(STOPPED):
                 self.heldout_test(self.target.config.judge.final_test_seeds)
             return reason
         except KeyboardInterrupt:
@@ -181,6 +183,8 @@ class Session:
                 reached = self._limit_reached(started)
                 if reached:
                     return f"stopped: {reached}"
+                if control.hold(self.target.state, self.say):  # the dashboard's pause / stop, between experiments
+                    return f"{STOPPED} after {done} experiments"
                 experiment = self.step(worktree, slot)
                 done += 1
                 failures = failures + 1 if experiment.reason.startswith("agent error") else 0
