@@ -3,7 +3,8 @@
 An executor has slots (a GPU each, or a share of the CPU) and runs one job per slot at a time.
 It enforces the wall-clock limit from outside: the job runs in its own process group, which is
 sent SIGTERM at the deadline and SIGKILL a few seconds later, so a training script that ignores
-its budget (or signals) cannot outlive it.
+its budget (or signals) cannot outlive it. A job with a jail runs isolated and one with limits is
+watched, both through sandbox.py: over a limit, its whole group is SIGKILLed and the result says why.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+
+from . import sandbox
+from .sandbox import Jail, Limits
 
 KILL_GRACE_SECONDS = 5.0
 
@@ -38,6 +42,8 @@ class Job:
     timeout: float
     log_path: Path
     pid_file: Optional[Path] = None  # names the job's process group while it runs (see kill_leftovers)
+    jail: Optional[Jail] = None      # run isolated (where possible; see Jail.required)
+    limits: Optional[Limits] = None  # resource limits, enforced from outside
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class JobResult:
     timed_out: bool = False
     interrupted: bool = False
     peak_rss_mb: Optional[float] = None
+    limit: str = ""                   # which resource limit killed the job, e.g. "memory limit 8.0 GiB exceeded (...)"
+    overshoot: Optional[float] = None  # timed out: seconds from the hard limit until its process group was gone
 
 
 class JobHandle(ABC):
@@ -97,10 +105,14 @@ class _LocalHandle(JobHandle):
     def __init__(self, job: Job):
         self.job = job
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        jailed = job.jail is not None and sandbox.check("required" if job.jail.required else "auto")
+        argv = sandbox.command(job.argv, job.jail if jailed else None, job.limits)
         self.started = time.monotonic()
         with open(job.log_path, "ab") as log:
-            self.process = subprocess.Popen(job.argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
+            log_start = log.tell()
+            self.process = subprocess.Popen(argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.monitor = sandbox.Monitor(self.process.pid, job.limits, job.log_path, log_start) if job.limits else None
         self.cancelled = False
         if job.pid_file:
             job.pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -144,15 +156,30 @@ class _LocalHandle(JobHandle):
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
         self._signal_group(signal.SIGKILL)  # whatever the job left behind in its group dies with it
+        gone = sandbox.wait_gone(self.process.pid)
+        seconds = time.monotonic() - self.started
+        overshoot = gone - deadline if timed_out else None
+        peak = done[1]
+        limit = ""
+        if self.monitor:
+            self.monitor.stop()
+            limit = self.monitor.finish_log()
+            peak = max(peak, self.monitor.peak_rss / 2**20)
+        if overshoot is not None:
+            with open(self.job.log_path, "a") as log:
+                log.write(f"\n[autoresearch] hard limit of {self.job.timeout:g}s reached: SIGTERM to the process "
+                          f"group, which was gone {overshoot:.2f}s after the limit\n")
         if self.job.pid_file:
             self.job.pid_file.unlink(missing_ok=True)
-        return JobResult(exit_code=done[0], seconds=time.monotonic() - self.started, timed_out=timed_out, interrupted=self.cancelled,
-                         peak_rss_mb=done[1] or None)
+        return JobResult(exit_code=done[0], seconds=seconds, timed_out=timed_out, interrupted=self.cancelled,
+                         peak_rss_mb=peak or None, limit=limit, overshoot=overshoot)
 
     def cancel(self) -> None:
         self.cancelled = True
         if self.process.returncode is None:
             self._kill()
+        if self.monitor:
+            self.monitor.stop()
 
 
 @register("local")
