@@ -10,6 +10,7 @@ watched, both through sandbox.py: over a limit, its whole group is SIGKILLed and
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -113,16 +114,35 @@ class _LocalHandle(JobHandle):
             self.process = subprocess.Popen(argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.monitor = sandbox.Monitor(self.process.pid, job.limits, job.log_path, log_start) if job.limits else None
+        self.pidfd = _pidfd(self.process.pid)
         self.cancelled = False
         if job.pid_file:
             job.pid_file.parent.mkdir(parents=True, exist_ok=True)
             job.pid_file.write_text(f"{self.process.pid} {_start_time(self.process.pid)}")
 
-    def _signal_group(self, sig: int) -> None:
+    def _signal_group(self, sig: int) -> bool:
+        """Signal the job's process group; False when none of it is left."""
         try:
             os.killpg(self.process.pid, sig)
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
+            return False
+        except PermissionError:
             pass
+        return True
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, but wake as soon as the job's process ends where the OS can say so (a pidfd, Linux)."""
+        if self.pidfd is None:
+            time.sleep(seconds)
+        else:
+            select.select([self.pidfd], [], [], seconds)
+
+    def _close(self) -> None:
+        if self.monitor:
+            self.monitor.stop()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
     def _reap(self, block: bool) -> Optional[tuple[int, float]]:
         """(exit code, peak RSS in MB) once the process has ended, else None."""
@@ -140,7 +160,7 @@ class _LocalHandle(JobHandle):
         self._signal_group(signal.SIGTERM)
         deadline = time.monotonic() + KILL_GRACE_SECONDS
         while (done := self._reap(block=False)) is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+            self._pause(0.02)
         self._signal_group(signal.SIGKILL)
         return done or self._reap(block=True)
 
@@ -153,16 +173,17 @@ class _LocalHandle(JobHandle):
                 timed_out = not self.cancelled
                 done = self._kill()
                 break
-            time.sleep(pause)
+            self._pause(pause)
             pause = min(pause * 2, 0.05)
-        self._signal_group(signal.SIGKILL)  # whatever the job left behind in its group dies with it
-        gone = sandbox.wait_gone(self.process.pid)
+        # whatever the job left behind in its group dies with it
+        left = self._signal_group(signal.SIGKILL)
+        gone = sandbox.wait_gone(self.process.pid) if left else time.monotonic()
         seconds = time.monotonic() - self.started
         overshoot = gone - deadline if timed_out else None
         peak = done[1]
         limit = ""
+        self._close()
         if self.monitor:
-            self.monitor.stop()
             limit = self.monitor.finish_log()
             peak = max(peak, self.monitor.peak_rss / 2**20)
         if overshoot is not None:
@@ -178,8 +199,7 @@ class _LocalHandle(JobHandle):
         self.cancelled = True
         if self.process.returncode is None:
             self._kill()
-        if self.monitor:
-            self.monitor.stop()
+        self._close()
 
 
 @register("local")
@@ -213,6 +233,13 @@ def kill_leftovers(directory: Path) -> list[int]:
             pass
         pid_file.unlink(missing_ok=True)
     return killed
+
+
+def _pidfd(pid: int) -> Optional[int]:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3
+        return None
 
 
 def _start_time(pid: int) -> str:
