@@ -443,7 +443,7 @@ def test_the_executor_refuses_a_required_jail_it_cannot_build(tmp_path, no_unsha
 
 def test_isolate_off_says_nothing(make_toy, no_unshare):
     toy = make_toy(config=sandboxed(isolate="off"))
-    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--experiments", "0")
+    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--experiments", "0", *toy.scripted([]))
     assert result.code == 0, result.text
     assert "isolated" not in result.err
 

@@ -87,10 +87,11 @@ class Runner:
         box = self.target.config.sandbox
         if box.isolate == "off":
             return None
-        root = self.target.root
-        return Jail(readonly=(root, *sandbox.python_paths(), *(root / Path(p).expanduser() for p in box.readonly)),
-                    writable=writable, hidden=(*hidden, *(root / Path(p).expanduser() for p in box.hide)),
-                    required=box.isolate == "required")
+        root, data = self.target.root, self.target.data.resolve()
+        outside = (data,) if data.is_dir() and root not in data.parents else ()  # prepared data kept elsewhere
+        readonly = (root, *outside, *sandbox.python_paths(), *(root / Path(p).expanduser() for p in box.readonly))
+        hidden = (*hidden, *(root / Path(p).expanduser() for p in box.hide))
+        return Jail(readonly, writable, hidden, required=box.isolate == "required")
 
     def held_out(self) -> tuple[Path, ...]:
         """Everything of the prepared data but train/: the training command must not read it."""
