@@ -170,6 +170,14 @@ def test_the_evaluate_command_reads_the_held_out_data_but_writes_only_its_out_di
     assert outcomes["connect to the host"] != "ok"
 
 
+@needs_jail
+def test_the_jail_leaves_the_hosts_mounts_alone(tmp_path, layout, server):
+    before = Path("/proc/self/mountinfo").read_text()
+    probe(tmp_path, layout, server, layout["train"])
+    assert Path("/proc/self/mountinfo").read_text() == before
+    assert (layout["root"] / ".autoresearch" / "data" / "val.bin").read_text() == "held-out validation"
+
+
 def test_without_a_jail_the_same_probe_succeeds(tmp_path, layout, server):
     """The control: the probe's attempts do work when nothing stops them."""
     outcomes = probe(tmp_path, layout, server, None)
