@@ -100,10 +100,13 @@ def drop_capabilities() -> None:
     check(libc().capset(header, empty), "capset")
 
 
-def set_limit(limit: int, value: int) -> None:
+def set_limit(name: str, limit: int, value: int) -> None:
     _, hard = resource.getrlimit(limit)
     value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-    resource.setrlimit(limit, (value, value))
+    try:
+        resource.setrlimit(limit, (value, value))
+    except (ValueError, OSError) as exc:  # e.g. above what macOS allows: run without it, and say so in the log
+        print(f"launcher: could not limit {name} to {value}: {exc}", file=sys.stderr)
 
 
 def main(args: list[str]) -> None:
@@ -137,9 +140,9 @@ def main(args: list[str]) -> None:
                 hide(path)
         loopback_up()
     if "--nofile" in numbers:
-        set_limit(resource.RLIMIT_NOFILE, numbers["--nofile"])
+        set_limit("open files", resource.RLIMIT_NOFILE, numbers["--nofile"])
     if "--nproc" in numbers:
-        set_limit(resource.RLIMIT_NPROC, numbers["--nproc"])
+        set_limit("processes", resource.RLIMIT_NPROC, numbers["--nproc"])
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if jail:
         drop_capabilities()
