@@ -18,7 +18,7 @@ BROKEN = [
      "required key is missing"),
     ("unknown key", CONFIG.replace('source = "stdout"', 'source = "stdout"\nsorce = "x"'), "metric.sorce",
      "unknown key"),
-    ("unknown section", CONFIG + '\n[judgement]\nmin_delta = 1\n', "judgement", "unknown key"),
+    ("unknown section", CONFIG + '\n[judgement]\nmin_effect = 1\n', "judgement", "unknown key"),
     ("bad goal", CONFIG.replace('"minimize"', '"maximise"'), "metric.goal", "'minimize' or 'maximize'"),
     ("bad source", CONFIG.replace('"stdout"', '"stderr"'), "metric.source", "'stdout' or 'json'"),
     ("bad budget", CONFIG.replace('default = "1s"', 'default = "fast"'), "budget.default", "expected e.g. '300s'"),
@@ -38,7 +38,7 @@ BROKEN = [
     ("bad device", CONFIG + '\n[run]\ndevice = "tpu"\n', "run.device", "expected auto, cpu, cuda, cuda:N or mps"),
     ("unbalanced quote", CONFIG.replace('train = "python train.py"', "train = \"python 'train.py\""),
      "commands.train", "not a valid command line"),
-    ("negative min_delta", CONFIG + "\n[judge]\nmin_delta = -1\n", "judge.min_delta", "greater than or equal to 0"),
+    ("negative min_effect", CONFIG.replace('rule = "plain"', "min_effect = -1"), "judge.min_effect", "greater than or equal to 0"),
 ]
 
 
@@ -80,7 +80,7 @@ def test_good_config_loads_with_defaults(toy):
     assert config.default_budget() == Budget("seconds", 1)
     assert config.budget.timeout is None
     assert list(config.run.seeds) == [0] and config.run.device == "auto"
-    assert config.judge.min_delta == 0
+    assert config.judge.min_effect == 0
     assert [(k.name, k.type, k.low, k.high, k.log) for k in config.knobs] == \
         [("LR", "float", 0.1, 10.0, True), ("WIDTH", "int", 1, 16, False)]
 

@@ -26,11 +26,13 @@ def target(tmp_path_factory):
         {"description": "much lower Muon LR", "knobs": {"MATRIX_LR": 0.004}},
         {"description": "break the evaluator", "delete": ["evaluate.py"]},
         {"description": "longer warmdown", "knobs": {"WARMDOWN_FRAC": 0.8}},
+        {"description": "peek at the next token", "replace": [
+            {"file": "train.py", "old": "is_causal=True", "new": "is_causal=False"}]},
     ]))
     first = run_cli("run", "-C", root, "--tag", "e2e", "--budget", STEPS, "--experiments", "3",
                     "--agent", "scripted", "--agent-option", f"script={script}")
     assert first.code == 0, first.text
-    resumed = run_cli("run", "-C", root, "--budget", STEPS, "--experiments", "1",
+    resumed = run_cli("run", "-C", root, "--budget", STEPS, "--experiments", "2",
                       "--agent", "scripted", "--agent-option", f"script={script}")
     assert resumed.code == 0, resumed.text
     return root
@@ -51,10 +53,20 @@ def test_the_baseline_trains_and_is_scored_by_the_evaluator(target):
 def test_every_proposal_is_recorded_once_with_its_outcome(target):
     experiments = status(target)["experiments"]
     assert [e["description"] for e in experiments] == [
-        "baseline", "higher Muon LR", "much lower Muon LR", "break the evaluator", "longer warmdown"]
+        "baseline", "higher Muon LR", "much lower Muon LR", "break the evaluator", "longer warmdown",
+        "peek at the next token"]
     states = [e["state"] for e in experiments]
     assert states[0] == "baseline" and states[3] == "rejected"
-    assert all(state in ("kept", "discarded") for state in states[1:3] + states[4:])
+    assert all(state in ("kept", "discarded") for state in states[1:3] + states[4:5])
+
+
+def test_a_model_that_looks_ahead_is_rejected_by_the_evaluator(target):
+    cheat = status(target)["experiments"][5]
+    assert cheat["state"] == "rejected"
+    assert "the evaluator rejected the model" in cheat["reason"] and "not causal" in cheat["reason"]
+    assert cheat["runs"][0]["state"] == "rejected"
+    flags = status(target)["flags"]
+    assert any(f["index"] == 5 and f["kind"] == "evaluator" for f in flags)
 
 
 def test_the_branch_holds_the_best_commit(target):
@@ -77,5 +89,5 @@ def test_export_writes_results_tsv(target, tmp_path):
     assert run_cli("export", "-C", target, "--tag", "e2e", "--tsv", out).code == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
-    assert len(lines) == 6
+    assert len(lines) == 7
     assert lines[4].split("\t")[3] == "crash" and "rejected" in lines[4]

@@ -182,10 +182,20 @@ def test_budget_flag_reaches_the_run(toy, cli):
     assert toy.sessions()[0]["budget"] == "4s"
 
 
-def test_every_seed_runs(make_toy, cli):
+def test_the_plain_rule_runs_every_seed(make_toy, cli):
     toy = make_toy(config=CONFIG + "\n[run]\nseeds = [0, 1, 2]\n")
     assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
     assert [[r.seed for r in e.runs] for e in toy.experiments()] == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_a_deterministic_metric_is_calibrated_once_then_one_run_decides(make_toy, cli):
+    toy = make_toy(config=CONFIG.replace('rule = "plain"', "calibrate_seeds = 3"))
+    result = run(cli, toy, [LR_2], "--experiments", "1")
+    assert result.code == 0, result.text
+    baseline, kept = toy.experiments()
+    assert [r.seed for r in baseline.runs] == [0, 1, 2] and [r.seed for r in kept.runs] == [0]
+    assert kept.state.value == "kept" and "deterministic metric: one run decides" in kept.reason
+    assert kept.effect == pytest.approx(baseline.metric - kept.metric) and kept.effect_se == 0
 
 
 def test_run_sees_no_secrets_from_the_harness_environment(make_toy, cli, monkeypatch):

@@ -374,10 +374,10 @@ import os
 held_out = open(os.path.join(os.environ["AUTORESEARCH_DATA"], "val.bin")).read()
 print(f"score: {len(held_out)}")
 '''
-# The agent's train.py: tries to read the held-out data, to rewrite the ledger and the trusted evaluator, and
-# to reach the host, then reports what happened.
+# The agent's train.py: tries to read the held-out data, to rewrite the ledger, to reach the host and to move
+# the research branch with git, then reports what happened.
 SNEAKY = '''\
-import os, socket
+import os, socket, subprocess
 def attempt(action):
     try:
         action()
@@ -387,8 +387,9 @@ def attempt(action):
 root = os.path.abspath("../../..")
 print("read val:", repr(open(os.path.join(root, ".autoresearch", "data", "val.bin")).read()))
 print("ledger:", attempt(lambda: open(os.path.join(root, ".autoresearch", "ledger.sqlite"), "w")))
-print("evaluator:", attempt(lambda: open("evaluate.py", "w").write("print('score: 0')\\n")))
 print("network:", attempt(lambda: socket.create_connection(("127.0.0.1", int(os.environ.get("PORT", "9"))), 2)))
+moved = subprocess.run(["git", "update-ref", "refs/heads/autoresearch/t", "HEAD"], capture_output=True, text=True)
+print("git:", moved.returncode, moved.stderr.strip().splitlines()[-1:])
 '''
 
 
@@ -408,8 +409,9 @@ def test_through_the_runner_training_is_jailed_and_the_evaluator_sees_the_valida
     log = sneaky.runs[0].log_tail
     assert "read val: ''" in log
     assert "ledger: OSError" in log
-    assert "evaluator: ok" in log  # the worktree is writable, but it is restored before the evaluator runs
     assert "network: ok" not in log and "network: " in log
+    assert "git: 0" not in log and "Read-only file system" in log
+    assert toy.branch() == baseline.commit
 
 
 # ---------------------------------------------------------------- where isolation is unavailable

@@ -13,6 +13,11 @@ _IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearc
              "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost"}
 
 
+# Configuration that makes git run programs (hooks, fsmonitor) is overridden for every harness call:
+# a training run without a sandbox can write into .git, and must not get code run by the harness.
+_NO_PROGRAMS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+
+
 class GitError(Exception):
     pass
 
@@ -31,7 +36,7 @@ class Git:
 
     def _exec(self, *args: str, input: Optional[str] = None) -> subprocess.CompletedProcess:
         env = {**_IDENTITY, **os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-        return subprocess.run(["git", "-C", str(self.root), *args], input=input, capture_output=True,
+        return subprocess.run(["git", *_NO_PROGRAMS, "-C", str(self.root), *args], input=input, capture_output=True,
                               text=True, env=env)
 
     def run(self, *args: str, input: Optional[str] = None, check: bool = True) -> str:
@@ -68,6 +73,15 @@ class Git:
     def update_ref(self, ref: str, new: str, old: Optional[str] = None) -> None:
         """Point `ref` at `new`; with `old`, only if it still points there (compare-and-swap)."""
         self.run("update-ref", ref, new, *([old] if old else []))
+
+    def refs(self) -> dict[str, str]:
+        """Every ref and HEAD, with the object each points at."""
+        out = self.run("for-each-ref", "--format=%(refname) %(objectname)")
+        refs = dict(line.split(" ", 1) for line in out.splitlines() if line)
+        head = self.resolve("HEAD")
+        if head:
+            refs["HEAD"] = head
+        return refs
 
     def exclude(self, pattern: str) -> None:
         """Make git ignore `pattern` in this repository without touching tracked files."""

@@ -87,4 +87,6 @@ def _evaluate(node: ast.expr) -> Any:
                ast.Div: lambda a, b: a / b, ast.Pow: lambda a, b: a ** b, ast.FloorDiv: lambda a, b: a // b}
         if type(node.op) in ops and all(isinstance(v, (int, float)) for v in (left, right)):
             return ops[type(node.op)](left, right)
+    if isinstance(node, ast.Dict) and None not in node.keys:  # a per-device preset: {"cpu": 2, "cuda": 6}
+        return {_evaluate(key): _evaluate(value) for key, value in zip(node.keys, node.values)}
     raise ValueError("not a literal")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .records import Experiment, RunRecord, RunState, State
+from .records import Experiment, Flag, RunRecord, RunState, State
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", """
@@ -73,10 +73,68 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX runs_by_experiment ON runs(experiment_id);
     """),
+    ("002_flags", """
+        CREATE TABLE flags (
+            id INTEGER PRIMARY KEY,
+            experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+            run_id INTEGER REFERENCES runs(id),
+            kind TEXT NOT NULL,
+            message TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX flags_by_experiment ON flags(experiment_id);
+    """),
+    ("004_statistics", """
+        ALTER TABLE experiments ADD COLUMN effect REAL;
+        ALTER TABLE experiments ADD COLUMN effect_se REAL;
+        ALTER TABLE experiments ADD COLUMN margin REAL;
+        CREATE TABLE noise (
+            id INTEGER PRIMARY KEY,
+            tag TEXT NOT NULL REFERENCES tags(tag),
+            experiment_id INTEGER REFERENCES experiments(id),
+            budget TEXT NOT NULL,
+            runs INTEGER NOT NULL,
+            mean REAL,
+            sd REAL,
+            ci_low REAL,
+            ci_high REAL,
+            steps_mean REAL,
+            steps_sd REAL,
+            pooled_sd REAL,
+            pooled_df INTEGER,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE verifications (
+            id INTEGER PRIMARY KEY,
+            tag TEXT NOT NULL REFERENCES tags(tag),
+            kind TEXT NOT NULL,
+            settings TEXT NOT NULL DEFAULT '{}',
+            baseline_commit TEXT NOT NULL,
+            candidate_commit TEXT NOT NULL,
+            summary TEXT,
+            created_at REAL NOT NULL,
+            finished_at REAL
+        );
+        CREATE TABLE verification_runs (
+            id INTEGER PRIMARY KEY,
+            verification_id INTEGER NOT NULL REFERENCES verifications(id),
+            role TEXT NOT NULL,
+            commit_sha TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            split TEXT NOT NULL,
+            state TEXT NOT NULL,
+            metric REAL,
+            seconds REAL NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '',
+            log_path TEXT NOT NULL DEFAULT '',
+            finished_at REAL NOT NULL
+        );
+    """),
 ]
 
 _EXPERIMENT_COLUMNS = ("id, tag, idx, state, parent, commit_sha, description, agent, diff, lines_added, "
-                       "lines_removed, reason, knobs, metric, seconds, session_id, created_at, finished_at")
+                       "lines_removed, reason, knobs, metric, seconds, session_id, created_at, finished_at, "
+                       "effect, effect_se, margin")
 
 
 class Ledger:
@@ -164,7 +222,8 @@ class Ledger:
             return self.experiment(cursor.lastrowid)
 
     def set_state(self, experiment_id: int, state: State, *, metric: Optional[float] = None,
-                  reason: Optional[str] = None, seconds: Optional[float] = None) -> Experiment:
+                  reason: Optional[str] = None, seconds: Optional[float] = None, effect: Optional[float] = None,
+                  effect_se: Optional[float] = None, margin: Optional[float] = None) -> Experiment:
         """Move an experiment to a new state; a final state is written once and never changed."""
         with self._transaction():
             (current,) = self.db.execute("SELECT state FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
@@ -172,19 +231,47 @@ class Ledger:
                 raise ValueError(f"experiment {experiment_id} is already {current}; a finished experiment is immutable")
             self.db.execute(
                 "UPDATE experiments SET state = ?, metric = COALESCE(?, metric), reason = COALESCE(?, reason), "
-                "seconds = COALESCE(?, seconds), finished_at = ? WHERE id = ?",
-                (State(state).value, metric, reason, seconds, time.time() if State(state).final else None,
-                 experiment_id))
+                "seconds = COALESCE(?, seconds), effect = ?, effect_se = ?, margin = ?, finished_at = ? WHERE id = ?",
+                (State(state).value, metric, reason, seconds, effect, effect_se, margin,
+                 time.time() if State(state).final else None, experiment_id))
+        return self.experiment(experiment_id)
+
+    def refine_metric(self, experiment_id: int, metric: float) -> Experiment:
+        """A finished experiment's metric after more runs of it (calibration): the mean over all of them.
+        Its state and decision stay as they were."""
+        with self._transaction():
+            self.db.execute("UPDATE experiments SET metric = ? WHERE id = ?", (metric, experiment_id))
         return self.experiment(experiment_id)
 
     def add_run(self, run: RunRecord) -> None:
+        """The run and its flags, in one transaction."""
         with self._transaction():
-            self.db.execute(
+            cursor = self.db.execute(
                 "INSERT INTO runs (experiment_id, seed, state, metric, metrics, seconds, peak_memory_mb, exit_code, "
                 "reason, log_tail, log_path, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run.experiment_id, run.seed, RunState(run.state).value, run.metric, json.dumps(run.metrics),
                  run.seconds, run.peak_memory_mb, run.exit_code, run.reason, run.log_tail, run.log_path,
                  time.time()))
+            for flag in run.flags:
+                self._insert_flag(run.experiment_id, cursor.lastrowid, flag)
+
+    # ---------------------------------------------------------------- flags: the audit trail
+
+    def add_flag(self, experiment_id: int, flag: Flag) -> None:
+        with self._transaction():
+            self._insert_flag(experiment_id, None, flag)
+
+    def _insert_flag(self, experiment_id: int, run_id: Optional[int], flag: Flag) -> None:
+        self.db.execute("INSERT INTO flags (experiment_id, run_id, kind, message, created_at) VALUES (?, ?, ?, ?, ?)",
+                        (experiment_id, run_id, flag.kind, flag.message, time.time()))
+
+    def flags(self, tag: str) -> list[dict]:
+        """Every flag of the tag's experiments, oldest first: index, seed (None: the experiment's), kind, message."""
+        rows = self.db.execute(
+            "SELECT e.idx, r.seed, f.kind, f.message, f.created_at FROM flags f "
+            "JOIN experiments e ON e.id = f.experiment_id LEFT JOIN runs r ON r.id = f.run_id "
+            "WHERE e.tag = ? ORDER BY f.id", (tag,)).fetchall()
+        return [dict(zip(("index", "seed", "kind", "message", "created_at"), row)) for row in rows]
 
     def interrupt_unfinished(self, tag: str, reason: str) -> list[int]:
         """Mark every experiment left proposed or running (a killed harness) as interrupted."""
@@ -241,12 +328,67 @@ class Ledger:
     @staticmethod
     def _experiment(row: tuple, runs: tuple) -> Experiment:
         (id_, tag, idx, state, parent, commit, description, agent, diff, added, removed, reason, knobs, metric,
-         seconds, session_id, created_at, finished_at) = row
+         seconds, session_id, created_at, finished_at, effect, effect_se, margin) = row
         return Experiment(id=id_, tag=tag, index=idx, state=State(state), parent=parent, commit=commit,
                           description=description, agent=agent, diff=diff, lines_added=added,
                           lines_removed=removed, reason=reason, knobs=json.loads(knobs), metric=metric,
                           seconds=seconds, session_id=session_id, created_at=created_at,
-                          finished_at=finished_at, runs=runs)
+                          finished_at=finished_at, effect=effect, effect_se=effect_se, margin=margin, runs=runs)
+
+    # ---------------------------------------------------------------- noise and verifications
+
+    def add_noise(self, tag: str, experiment_id: Optional[int], budget: str, record: dict) -> None:
+        """A calibration's figures: runs, mean, sd, ci_low, ci_high, steps_mean, steps_sd, pooled_sd, pooled_df."""
+        keys = ("runs", "mean", "sd", "ci_low", "ci_high", "steps_mean", "steps_sd", "pooled_sd", "pooled_df")
+        with self._transaction():
+            self.db.execute(f"INSERT INTO noise (tag, experiment_id, budget, {', '.join(keys)}, created_at) "
+                            f"VALUES (?, ?, ?, {', '.join('?' * len(keys))}, ?)",
+                            (tag, experiment_id, budget, *(record.get(k) for k in keys), time.time()))
+
+    def noise_history(self, tag: str) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT n.id, e.idx, n.budget, n.runs, n.mean, n.sd, n.ci_low, n.ci_high, n.steps_mean, n.steps_sd, "
+            "n.pooled_sd, n.pooled_df, n.created_at FROM noise n LEFT JOIN experiments e ON e.id = n.experiment_id "
+            "WHERE n.tag = ? ORDER BY n.id", (tag,)).fetchall()
+        keys = ("id", "index", "budget", "runs", "mean", "sd", "ci_low", "ci_high", "steps_mean", "steps_sd",
+                "pooled_sd", "pooled_df", "created_at")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def start_verification(self, tag: str, kind: str, settings: dict, baseline_commit: str,
+                           candidate_commit: str) -> int:
+        with self._transaction():
+            return self.db.execute(
+                "INSERT INTO verifications (tag, kind, settings, baseline_commit, candidate_commit, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (tag, kind, json.dumps(settings), baseline_commit, candidate_commit, time.time())).lastrowid
+
+    def add_verification_run(self, verification_id: int, role: str, commit: str, split: str, run: RunRecord) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO verification_runs (verification_id, role, commit_sha, seed, split, state, metric, "
+                "seconds, reason, log_path, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (verification_id, role, commit, run.seed, split, RunState(run.state).value, run.metric, run.seconds,
+                 run.reason, run.log_path, time.time()))
+
+    def finish_verification(self, verification_id: int, summary: dict) -> None:
+        with self._transaction():
+            self.db.execute("UPDATE verifications SET summary = ?, finished_at = ? WHERE id = ?",
+                            (json.dumps(summary), time.time(), verification_id))
+
+    def verifications(self, tag: str) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT id, kind, settings, baseline_commit, candidate_commit, summary, created_at, finished_at "
+            "FROM verifications WHERE tag = ? ORDER BY id", (tag,)).fetchall()
+        out = []
+        for id_, kind, settings, base, cand, summary, created, finished in rows:
+            runs = self.db.execute("SELECT role, commit_sha, seed, split, state, metric, seconds, reason, log_path "
+                                   "FROM verification_runs WHERE verification_id = ? ORDER BY id", (id_,)).fetchall()
+            out.append({"id": id_, "kind": kind, "settings": json.loads(settings), "baseline_commit": base,
+                        "candidate_commit": cand, "summary": json.loads(summary) if summary else None,
+                        "created_at": created, "finished_at": finished,
+                        "runs": [dict(zip(("role", "commit", "seed", "split", "state", "metric", "seconds", "reason",
+                                           "log_path"), r)) for r in runs]})
+        return out
 
 
 class _Transaction:

@@ -35,6 +35,15 @@ class RunState(str, enum.Enum):
     CRASHED = "crashed"
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
+    REJECTED = "rejected"  # the run broke a rule (tampered with protected files or git); its number is void
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Something the harness noticed and recorded for the human: a rejection's cause, an ignored claim."""
+
+    kind: str  # scope, metric, git, sandbox, implausible, ...
+    message: str
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class RunRecord:
     reason: str = ""
     log_tail: str = ""
     log_path: str = ""
+    flags: tuple = ()  # Flag, ...
     id: Optional[int] = None
 
 
@@ -77,9 +87,17 @@ class Experiment:
     session_id: Optional[int] = None
     created_at: float = 0.0
     finished_at: Optional[float] = None
+    effect: Optional[float] = None  # the judge's estimate of the improvement over the parent (positive: better)
+    effect_se: Optional[float] = None  # its standard error
+    margin: Optional[float] = None  # what the effect had to clear
     runs: tuple = ()
 
     @property
     def ok(self) -> bool:
         """Whether it produced a metric that can be compared."""
         return self.metric is not None and math.isfinite(self.metric)
+
+    @property
+    def metrics(self) -> list[float]:
+        """The metric of each successful run."""
+        return [run.metric for run in self.runs if run.state is RunState.OK and run.metric is not None]

@@ -5,7 +5,8 @@ training code), only the training part of the data, and an empty output director
 allows it, each command also runs jailed (sandbox.py): no network, the target read-only except its
 worktree and output directory, the held-out data hidden from training; and always under the
 [sandbox] resource limits. Its state is decided here: ok, crashed (non-zero exit, a resource
-limit, no metric, NaN), timeout, or interrupted.
+limit, no metric, NaN), timeout, interrupted, or rejected (the run tampered with what the
+evaluator reads: see integrity.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from . import sandbox
 from .budget import Budget
 from .executor import Executor, Job, JobResult, Slot
 from .gitrepo import Git
-from .records import RunRecord, RunState
+from . import integrity
+from .records import Flag, RunRecord, RunState
 from .sandbox import Jail
 from .target import Target, cache_dir, command_argv
 
@@ -33,6 +35,7 @@ ENV_NAMES = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TZ", "TMPDIR", 
 ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "ROCM_", "HSA_", "PYTORCH_", "TORCH_",
                 "TORCHINDUCTOR_", "TRITON_", "OMP_", "MKL_", "KMP_", "XDG_")
 LOG_TAIL_CHARS = 4000
+EVALUATOR_REJECTS = 3  # an evaluator exiting with this status rejects the model (it broke a rule); see the contract
 _NUMBER_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|-inf)\s*$",
                           re.MULTILINE | re.IGNORECASE)
 
@@ -53,6 +56,7 @@ class RunSpec:
     timeout: float
     directory: Path
     split: str = "val"
+    commit: Optional[str] = None  # the commit the worktree must be at; checked before and after training
 
 
 def reported_numbers(text: str) -> dict[str, float]:
@@ -61,9 +65,10 @@ def reported_numbers(text: str) -> dict[str, float]:
 
 
 class Runner:
-    def __init__(self, target: Target, executor: Executor):
+    def __init__(self, target: Target, executor: Executor, protected: Optional[dict[str, str]] = None):
         self.target = target
         self.executor = executor
+        self.protected = protected  # {path: blob} every commit must carry (integrity.protected_blobs)
 
     def env(self, spec: RunSpec, slot: Slot, out: Path, data: Path) -> dict[str, str]:
         env = scrubbed_environ()
@@ -112,17 +117,39 @@ class Runner:
                                          spec.timeout, log, self.target.pids / f"{slot.name}.pid", jail,
                                          config.sandbox.limits()), slot)
 
+        flags: list[Flag] = []
+        problem = self._tampering(spec, before=True)
+        if problem:
+            flags.append(Flag("scope", problem))
+            return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=RunState.REJECTED, metric=None,
+                             reason=problem, log_path=str(log), flags=tuple(flags))
         train_jail = self.jail((spec.worktree, out), self.held_out())
         result = job(config.commands.train, self.target.data / "train", train_jail)
         peak = result.peak_rss_mb
         state, reason = _judge_exit("train", result, spec)
         evaluated_from = log.stat().st_size if log.exists() else 0
+        claimed = None
+        if config.commands.evaluate:
+            claimed = reported_numbers(log.read_text(errors="replace") if log.exists() else "").get(config.metric.name)
+            written = self._json_numbers(out).get(config.metric.name)
+            if (out / config.metric.file).exists():  # only the evaluator may write the metric
+                (out / config.metric.file).unlink()
+                value = f" ({config.metric.name} {written:.6g})" if written is not None else ""
+                flags.append(Flag("metric", f"the training command wrote {config.metric.file}{value} itself; "
+                                            "deleted before the evaluator ran"))
+        if state is RunState.OK:
+            problem = self._tampering(spec, before=False)
+            if problem:
+                state, reason = RunState.REJECTED, problem
+                flags.append(Flag("tamper", problem))
         if state is RunState.OK and config.commands.evaluate:
-            (out / config.metric.file).unlink(missing_ok=True)  # only the evaluator may write the metric
-            Git(spec.worktree).reset_to("HEAD")  # nothing the training run wrote in its worktree reaches the evaluator
             result = job(config.commands.evaluate, self.target.data, self.jail((out,)))
             peak = max(peak or 0, result.peak_rss_mb or 0) or None
             state, reason = _judge_exit("evaluate", result, spec)
+            if result.exit_code == EVALUATOR_REJECTS and not (result.timed_out or result.interrupted):
+                lines = log.read_text(errors="replace")[evaluated_from:].strip().splitlines()
+                state, reason = RunState.REJECTED, f"the evaluator rejected the model: {lines[-1] if lines else ''}"
+                flags.append(Flag("evaluator", reason))
 
         text = log.read_text(errors="replace") if log.exists() else ""
         if state is RunState.CRASHED and not result.limit and "Too many open files" in text[-LOG_TAIL_CHARS:]:
@@ -136,12 +163,29 @@ class Runner:
                 state = RunState.CRASHED
                 reason = reason or f"{config.metric.name} is {metric}"
                 metric = None
+        note = integrity.metric_claim(claimed, metric, config.metric.name)
+        if note and state is not RunState.REJECTED:
+            flags.append(Flag("metric", note))
         for weights in out.glob("*.pt"):  # weights are large and a run is cheap to repeat
             weights.unlink()
         return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=state, metric=metric,
                          metrics=metrics, seconds=time.monotonic() - started,
                          peak_memory_mb=metrics.get("peak_memory_mb") or peak, exit_code=result.exit_code,
-                         reason=reason, log_tail=text[-LOG_TAIL_CHARS:], log_path=str(log))
+                         reason=reason, log_tail=text[-LOG_TAIL_CHARS:], log_path=str(log), flags=tuple(flags))
+
+    def _tampering(self, spec: RunSpec, before: bool) -> Optional[str]:
+        """Before training: is the commit and worktree what was approved? After: did training change them?"""
+        if spec.commit is None:
+            return None
+        worktree = Git(spec.worktree)
+        if before and self.protected is not None:
+            problem = integrity.commit_violation(worktree, spec.commit, self.protected, self.target.config)
+            if problem:
+                return problem
+        problem = integrity.worktree_violation(worktree, spec.commit)
+        if problem and not before:
+            return f"{problem} while training; the evaluator did not run"
+        return problem
 
     def _read_metric(self, out: Path, text: str) -> tuple[Optional[float], str]:
         metric = self.target.config.metric

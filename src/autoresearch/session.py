@@ -8,21 +8,23 @@ moment (SIGKILL included) resumes with nothing lost and nothing counted twice.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Optional
 
-from . import judge, knobs as knob_values, scope
+from . import integrity, judge, knobs as knob_values, scope, stats, verify
 from .agents import Agent, AgentExhausted, Context, Proposal, ProposalError
 from .budget import Budget
 from .executor import Executor, Slot, kill_leftovers
 from .gitrepo import Git
 from .ledger import Ledger
-from .records import Experiment, RunState, State
+from .records import Experiment, Flag, RunState, State
 from .runner import Runner, RunSpec
 from .target import Target
 
@@ -67,6 +69,7 @@ class Session:
     seeds: list[int]
     say: Callable[[str], None] = print
     session_id: Optional[int] = None
+    protected: Optional[dict] = None  # {path: blob} of the protected files at the research line's base
     lock: Optional[IO] = None  # held while the session lives; the OS releases it if the process dies
 
     @property
@@ -92,6 +95,7 @@ class Session:
         try:
             session._ensure_tag()
             session._recover()
+            session.protected = integrity.protected_blobs(git, ledger.tag(tag)["base_commit"], target.config)
             session.session_id = ledger.start_session(tag, agent_name, str(session.budget), sys.argv, os.getpid())
         except BaseException:
             session.close()
@@ -142,8 +146,9 @@ class Session:
 
     # ---------------------------------------------------------------- the loop
 
-    def run(self, experiments: Optional[int] = None) -> str:
-        """Run the baseline if needed, then `experiments` experiments (None: until stopped)."""
+    def run(self, experiments: Optional[int] = None, final_test: bool = True) -> str:
+        """Run the baseline if needed, then `experiments` experiments (None: until stopped), then the held-out
+        test of the best commit (unless stopped by the user)."""
         slot = self.executor.slots()[0]
         worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
         reason = "stopped"
@@ -153,20 +158,10 @@ class Session:
                 if baseline.state is not State.BASELINE:
                     reason = f"the baseline failed ({baseline.reason}); fix the target and run again"
                     raise SessionError(reason)
-            done, failures = 0, 0
-            while experiments is None or done < experiments:
-                experiment = self.step(worktree, slot)
-                done += 1
-                failures = failures + 1 if experiment.reason.startswith("agent error") else 0
-                if failures >= MAX_AGENT_FAILURES:
-                    reason = f"paused: the agent failed {failures} times in a row ({experiment.reason})"
-                    self.say(reason)
-                    return reason
-            reason = f"done: {done} experiments"
-            return reason
-        except AgentExhausted as exc:
-            reason = f"the agent has no more proposals: {exc}"
+            reason = self._loop(worktree, slot, experiments)
             self.say(reason)
+            if final_test and experiments != 0:
+                self.heldout_test(self.target.config.judge.final_test_seeds)
             return reason
         except KeyboardInterrupt:
             reason = "stopped by the user"
@@ -174,6 +169,19 @@ class Session:
             return reason
         finally:
             self.ledger.end_session(self.session_id, reason)
+
+    def _loop(self, worktree: Git, slot: Slot, experiments: Optional[int]) -> str:
+        done, failures = 0, 0
+        try:
+            while experiments is None or done < experiments:
+                experiment = self.step(worktree, slot)
+                done += 1
+                failures = failures + 1 if experiment.reason.startswith("agent error") else 0
+                if failures >= MAX_AGENT_FAILURES:
+                    return f"paused: the agent failed {failures} times in a row ({experiment.reason})"
+        except AgentExhausted as exc:
+            return f"the agent has no more proposals: {exc}"
+        return f"done: {done} experiments"
 
     def close(self) -> None:
         self.ledger.close()
@@ -187,12 +195,14 @@ class Session:
             tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=None, commit=commit,
             description="baseline", agent="harness", knobs=self._knob_values(worktree.root))
         self.target.git.update_ref(self._experiment_ref(experiment), commit)
-        self.say(f"#{experiment.index} baseline {commit[:9]} ({self.budget}, seeds {self.seeds})")
+        runs = judge.runs_wanted(self.target.config, baseline=True)
+        self.say(f"#{experiment.index} baseline {commit[:9]} ({self.budget}, {runs} run{'s' * (runs > 1)}: "
+                 f"{'calibrating the noise' if self.target.config.judge.rule == 'statistical' else 'fixed seeds'})")
         return self._execute(experiment, worktree, slot, best=None)
 
     def step(self, worktree: Git, slot: Slot) -> Experiment:
         """One experiment: propose, check, commit, run, judge, record."""
-        parent = self.ledger.best(self.tag)
+        parent = self._recalibrated(worktree, slot, self.ledger.best(self.tag))
         worktree.reset_to(parent.commit)
         history = tuple(self.ledger.experiments(self.tag))
         context = Context(self.target.config, self.target.program(), self._editable_files(worktree),
@@ -209,7 +219,8 @@ class Session:
 
         changes = worktree.stage_changes()
         diff, added, removed = worktree.staged_diff()
-        problem = scope.violation(changes, worktree.root, self.target.config)
+        problem = scope.violation(changes, worktree.root, self.target.config,
+                                  before=lambda path: worktree.run("show", f"HEAD:{path}", check=False))
         if problem:
             return self._reject(parent, proposal, problem, diff, added, removed)
         commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {self.tag}: proposed by {self.agent_name}")
@@ -221,28 +232,171 @@ class Session:
         return self._execute(experiment, worktree, slot, best=parent)
 
     def _execute(self, experiment: Experiment, worktree: Git, slot: Slot, best: Optional[Experiment]) -> Experiment:
-        runner = Runner(self.target, self.executor)
-        runs = []
+        """Run seeds until the judge decides, then record the decision and move the branch on a keep."""
+        config = self.target.config
+        runs: list = []
+        decision = None
         try:
-            for seed in self.seeds:
-                spec = RunSpec(experiment.id, worktree.root, seed, self.budget, self._timeout(),
-                               self.target.runs / self.tag / f"{experiment.index:05d}" / f"seed{seed}")
-                run = runner.run(spec, slot)
-                self.ledger.add_run(run)
+            while decision is None or decision.state is None:  # the judge always decides by its last run
+                run = self.run_once(worktree, slot, experiment.commit, judge.seed(config, len(runs)),
+                                    experiment=experiment)
                 runs.append(run)
-                if run.state is not RunState.OK:
-                    break  # a failed seed decides the experiment; more seeds would only spend compute
+                decision = judge.decide(runs, best, config, self.noise(runs), experiment.lines_added,
+                                        experiment.lines_removed)
+                if decision.state is None:
+                    self.say(f"#{experiment.index} run {len(runs)}: {decision.reason}")
+            suspicion = judge.implausible(decision, self.noise(runs), self._best_gain(), config)
+            if suspicion:
+                decision = self._confirm(experiment, worktree, slot, best, runs, decision, suspicion)
         except KeyboardInterrupt:
             self.ledger.set_state(experiment.id, State.INTERRUPTED, reason="stopped by the user while it ran")
             raise
-        decision = judge.decide(runs, best, self.target.config)
         seconds = sum(run.seconds for run in runs)
-        finished = self.ledger.set_state(experiment.id, decision.state, metric=decision.metric,
-                                         reason=decision.reason, seconds=seconds)
+        finished = self.ledger.set_state(experiment.id, decision.state, metric=decision.metric, reason=decision.reason,
+                                         seconds=seconds, effect=decision.effect, effect_se=decision.se,
+                                         margin=decision.margin)
         if decision.state is State.KEPT:
             self.target.git.update_ref(f"refs/heads/{self.branch}", experiment.commit, best.commit)
+        if decision.state is State.BASELINE:
+            self._record_noise(finished)
         self._report(finished, best)
         return finished
+
+    def run_once(self, worktree: Git, slot: Slot, commit: str, seed: int, *, experiment: Optional[Experiment] = None,
+                 budget: Optional[Budget] = None, split: str = "val", directory: Optional[Path] = None):
+        """One run of `commit` with `seed`, checked for tampering; an experiment's run is recorded in the ledger."""
+        if worktree.resolve("HEAD") != commit:
+            worktree.reset_to(commit)
+        if directory is None:
+            directory = self.target.runs / self.tag / f"{experiment.index:05d}" / f"seed{seed}"
+        spec = RunSpec(experiment.id if experiment else 0, worktree.root, seed, budget or self.budget,
+                       self._timeout(budget), directory, split=split, commit=commit)
+        refs = self.target.git.refs()
+        run = Runner(self.target, self.executor, self.protected).run(spec, slot)
+        moved = integrity.restore_refs(self.target.git, refs)
+        if moved:
+            problem = f"the run changed git refs: {'; '.join(moved)} (put back)"
+            run = dataclasses.replace(run, state=RunState.REJECTED, metric=None, reason=problem,
+                                      flags=(*run.flags, Flag("git", problem)))
+        if experiment is not None:
+            self.ledger.add_run(run)
+            for flag in run.flags:
+                self.say(f"#{experiment.index} seed {seed} flagged ({flag.kind}): {flag.message}")
+        elif run.flags:
+            self.say(f"flagged: {'; '.join(f.message for f in run.flags)}")
+        return run
+
+    # ---------------------------------------------------------------- statistics
+
+    def noise(self, current: Optional[list] = None) -> stats.Noise:
+        """The noise model: pooled over this line's experiments run under the session's budget, and the runs
+        of the experiment in flight."""
+        budget = str(self.budget)
+        same = {s["id"] for s in self.ledger.sessions(self.tag) if s["budget"] == budget}
+        groups = [e.metrics for e in self.ledger.experiments(self.tag) if e.session_id in same
+                  and not (current and e.id == current[0].experiment_id)]
+        if current:
+            groups.append([r.metric for r in current if r.state is RunState.OK])
+        return stats.pooled_noise(groups)
+
+    def _best_gain(self) -> Optional[float]:
+        gains = [e.effect for e in self.ledger.experiments(self.tag) if e.state is State.KEPT and e.effect]
+        return max(gains) if gains else None
+
+    def _record_noise(self, experiment: Experiment, runs: Optional[list] = None) -> dict:
+        values = experiment.metrics
+        steps = [r.metrics["num_steps"] for r in experiment.runs if r.state is RunState.OK
+                 and "num_steps" in r.metrics]
+        pooled = self.noise()
+        low, high = stats.confidence_interval(values) if len(values) > 1 else (None, None)
+        record = {"runs": len(values), "mean": statistics.fmean(values) if values else None,
+                  "sd": statistics.stdev(values) if len(values) > 1 else None, "ci_low": low, "ci_high": high,
+                  "steps_mean": statistics.fmean(steps) if steps else None,
+                  "steps_sd": statistics.stdev(steps) if len(steps) > 1 else None,
+                  "pooled_sd": pooled.sd if pooled.known else None, "pooled_df": pooled.df}
+        self.ledger.add_noise(self.tag, experiment.id, str(self.budget), record)
+        return record
+
+    def calibrate(self, seeds: int) -> dict:
+        """Run the best commit `seeds` more times (new seeds) and record the noise model; the baseline first."""
+        slot = self.executor.slots()[0]
+        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
+        best = self.ledger.best(self.tag)
+        if best is None:
+            best = self._run_baseline(worktree, slot)
+            if best.state is not State.BASELINE:
+                raise SessionError(f"the baseline failed ({best.reason}); fix the target first")
+        used = {run.seed for run in best.runs}
+        new = [seed for seed in range(len(used) + seeds * 2) if seed not in used][:seeds]
+        self.say(f"calibrating #{best.index} ({best.commit[:9]}) with {len(new)} more seeds: {new}")
+        for seed in new:
+            run = self.run_once(worktree, slot, best.commit, seed, experiment=best)
+            shown = f"{run.metric:.6f}" if run.metric is not None else f"{run.state.value} ({run.reason})"
+            self.say(f"  seed {seed}: {self.target.config.metric.name} {shown}")
+        best = self.ledger.experiment(best.id)
+        if best.metrics:
+            best = self.ledger.refine_metric(best.id, statistics.fmean(best.metrics))
+        return self._record_noise(best)
+
+    def _confirm(self, experiment: Experiment, worktree: Git, slot: Slot, best: Experiment, runs: list,
+                 decision: "judge.Decision", suspicion: str) -> "judge.Decision":
+        """An implausible keep must hold on two more seeds and on the held-out test split."""
+        config = self.target.config
+        self.say(f"#{experiment.index} {suspicion}: confirming on more seeds and on the test split")
+        while len(runs) < config.judge.max_runs + 2:
+            runs.append(self.run_once(worktree, slot, experiment.commit, judge.seed(config, len(runs)),
+                                      experiment=experiment))
+        decision = judge.decide(runs, best, config, self.noise(runs), experiment.lines_added, experiment.lines_removed)
+        outcome = decision.reason
+        if decision.state is State.KEPT and config.commands.evaluate:
+            test = verify.compare(self, worktree, slot, best.commit, experiment.commit, seeds=[0, 1], split="test",
+                                  kind="implausible")["effect"]
+            if test["effect"] is None or test["effect"] <= 0:
+                shown = f"{test['effect']:+.4g}" if test["effect"] is not None else "none"
+                decision = judge.Decision(State.DISCARDED, decision.metric,
+                                          f"{suspicion}; not confirmed on the test split (effect {shown})",
+                                          decision.effect, decision.se, decision.margin)
+            outcome = f"test split effect {test['effect']:+.4g}" if test["effect"] is not None else test["verdict"]
+        elif decision.state is not State.KEPT:
+            decision = dataclasses.replace(decision, reason=f"{suspicion}; not confirmed: {decision.reason}")
+        self.ledger.add_flag(experiment.id, Flag("implausible", f"{suspicion}; "
+                                                 f"{'confirmed' if decision.state is State.KEPT else 'not confirmed'}"
+                                                 f" ({outcome})"))
+        return decision
+
+    def _recalibrated(self, worktree: Git, slot: Slot, best: Experiment) -> Experiment:
+        """The best, with more runs first when the noise is unknown or was measured far from where the best is now."""
+        config = self.target.config
+        if config.judge.rule != "statistical" or len(best.metrics) >= config.judge.calibrate_seeds:
+            return best
+        noise = self.noise()
+        history = [h for h in self.ledger.noise_history(self.tag) if h["budget"] == str(self.budget)]
+        moved = (noise.known and not noise.deterministic and history and history[-1]["mean"] is not None
+                 and abs(best.metric - history[-1]["mean"]) > config.judge.recalibrate_after * noise.sd)
+        if noise.known and not moved:
+            return best
+        why = "the noise is unknown" if not noise.known else (
+            f"the best moved {abs(best.metric - history[-1]['mean']) / noise.sd:.0f} noise sds since the last calibration")
+        self.say(f"re-calibrating on #{best.index}: {why}")
+        for seed in [s for s in range(config.judge.calibrate_seeds * 2) if s not in {r.seed for r in best.runs}]:
+            if len(self.ledger.experiment(best.id).metrics) >= config.judge.calibrate_seeds:
+                break
+            self.run_once(worktree, slot, best.commit, seed, experiment=best)
+        best = self.ledger.experiment(best.id)
+        if best.metrics:
+            best = self.ledger.refine_metric(best.id, statistics.fmean(best.metrics))
+        self._record_noise(best)
+        return best
+
+    def heldout_test(self, seeds: int) -> Optional[dict]:
+        """The best commit against the baseline on the test split: never used to decide, only reported."""
+        best, baseline = self.ledger.best(self.tag), self.ledger.baseline(self.tag)
+        if not (seeds and best and baseline and best.id != baseline.id and self.target.config.commands.evaluate):
+            return None
+        slot = self.executor.slots()[0]
+        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, best.commit)
+        return verify.compare(self, worktree, slot, baseline.commit, best.commit, seeds=list(range(seeds)),
+                              split="test", kind="heldout")
 
     def _reject(self, parent: Experiment, proposal: Proposal, reason: str, diff: str = "", added: int = 0,
                 removed: int = 0) -> Experiment:
@@ -281,11 +435,12 @@ class Session:
                 values.update(knob_values.read_all(path.read_text(errors="replace"), [knob.name]))
         return values
 
-    def _timeout(self) -> float:
+    def _timeout(self, budget: Optional[Budget] = None) -> float:
+        budget = budget or self.budget
         if self.target.config.budget.timeout:
             return self.target.config.budget.timeout
-        if self.budget.kind == "seconds":
-            return 2 * self.budget.value + 60
+        if budget.kind == "seconds":
+            return 2 * budget.value + 60
         baseline = self.ledger.baseline(self.tag)
         if baseline and baseline.seconds:
             return 3 * baseline.seconds / max(1, len(baseline.runs)) + 60

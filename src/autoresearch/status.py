@@ -36,6 +36,9 @@ def status_dict(ledger: Ledger, tag: str, config: Config) -> dict:
         "kept_chain": [e.index for e in experiments if e.state in (State.BASELINE, State.KEPT)],
         "experiments": [experiment_dict(e) for e in experiments],
         "sessions": ledger.sessions(tag),
+        "rejections": [{"id": e.index, "description": e.description, "reason": e.reason}
+                       for e in experiments if e.state is State.REJECTED],
+        "flags": ledger.flags(tag),
     }
 
 
@@ -66,6 +69,15 @@ def render(status: dict) -> str:
     for index in status["kept_chain"]:
         e = by_id[index]
         lines.append(f"  #{index:<4} {e['metric']:.6f}  {(e['commit'] or '')[:9]}  {e['description']}")
+    audit = [(f["index"], f"{f['kind']}" + (f" seed {f['seed']}" if f["seed"] is not None else ""), f["message"])
+             for f in status["flags"]]
+    flagged = {index for index, _, _ in audit}
+    audit += [(r["id"], "rejected", r["reason"]) for r in status["rejections"] if r["id"] not in flagged]
+    if audit:
+        lines.append("")
+        lines.append(f"rejections and flags ({len(audit)}):")
+        for index, kind, message in sorted(audit, key=lambda item: item[0])[-20:]:
+            lines.append(f"  #{index:<4} {kind:<11} {message}")
     recent = [e for e in status["experiments"] if e["state"] not in ("baseline",)][-10:]
     if recent:
         lines.append("")

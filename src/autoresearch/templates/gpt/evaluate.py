@@ -28,8 +28,12 @@ EVAL_TOKENS = {"cpu": 2**17, "mps": 2**18, "cuda": 2**20}  # target tokens score
 EVAL_BATCH = 8            # windows per forward pass: speed and memory only, not the result
 
 
-def fail(message):
-    sys.exit(f"evaluate.py: {message}")
+REJECTED = 3  # exit status telling the harness the model broke a rule: the experiment is recorded as rejected
+
+
+def fail(message, status=1):
+    print(f"evaluate.py: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 def pick_device(name):
@@ -80,7 +84,7 @@ def check_causal(model, window, vocab_size):
     a, b = model(window)[:, :half].float(), model(changed)[:, :half].float()
     if not torch.allclose(a, b, atol=1e-3, rtol=0):
         fail(f"the model is not causal: logits at positions < {half} change when later tokens change "
-             f"(max difference {(a - b).abs().max().item():.3g})")
+             f"(max difference {(a - b).abs().max().item():.3g})", REJECTED)
 
 
 @torch.no_grad()

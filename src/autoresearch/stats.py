@@ -1,0 +1,149 @@
+"""The statistics behind every keep-or-discard: the noise model and the sequential decision rule.
+
+Noise model. The spread of the metric between runs of the same code with different seeds, as a
+standard deviation `sd` with `df` degrees of freedom. It is pooled over every experiment that has
+two or more successful runs (the baseline's calibration seeds first, then every confirmation),
+so the estimate sharpens as a session goes on. sd == 0 with df >= 1 means the metric is
+deterministic: one run decides.
+
+Decision. The effect d is the improvement of the candidate's mean over its parent's mean
+(positive is better, whatever the goal). Its standard error is sd * sqrt(1/n + 1/n_parent). The
+margin the effect must clear is the user's minimum effect plus a price per net line of code added
+(in noise units): a change that adds much code needs a larger gain, and one that removes code may
+be kept when it is not significantly worse than the margin allows (a non-inferiority test).
+
+    keep     when n >= 2 and d - t_keep * se > margin     (t_keep: one-sided, significance split
+                                                           evenly over the looks 2..max_runs)
+    discard  when d + t_stop * se < margin                 (a clear loser: stops after one run)
+    discard  when n == max_runs and not kept
+    else     one more run
+
+A single promising run is never kept: it triggers confirmation runs. The false-keep rate of a
+change that does nothing is at most `significance` (benchmarks/judge_aa.py measures it).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+from scipy.stats import t as student_t
+
+STOP_CONFIDENCE = 0.7  # a run whose effect is below the margin even at this upper confidence bound stops
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Run-to-run standard deviation of the metric, and how much evidence it rests on."""
+
+    sd: float
+    df: int  # degrees of freedom: runs minus groups
+    groups: int = 0  # experiments that contributed
+
+    @property
+    def known(self) -> bool:
+        return self.df >= 1
+
+    @property
+    def deterministic(self) -> bool:
+        return self.known and self.sd == 0.0
+
+    def describe(self) -> str:
+        if not self.known:
+            return "unknown (no experiment has two successful runs yet)"
+        if self.deterministic:
+            return f"none: repeated runs agree exactly ({self.df + self.groups} runs)"
+        return f"sd {self.sd:.4g} ({self.df} degrees of freedom, {self.groups} experiment{'s' * (self.groups != 1)})"
+
+
+def pooled_noise(samples: Iterable[Sequence[float]]) -> Noise:
+    """Pool the within-group variance of groups of metrics (each group: one code version, several seeds)."""
+    squares, df, groups, scale = 0.0, 0, 0, 1.0
+    for values in samples:
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        if len(values) < 2:
+            continue
+        mean = statistics.fmean(values)
+        squares += sum((v - mean) ** 2 for v in values)
+        df += len(values) - 1
+        groups += 1
+        scale = max(scale, abs(mean))
+    if not df:
+        return Noise(float("nan"), 0, 0)
+    sd = math.sqrt(squares / df)
+    return Noise(sd if sd > 1e-12 * scale else 0.0, df, groups)  # equal runs differ by rounding only
+
+
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Two-sided interval for the mean of `values` (Student t)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return (mean, mean) if n else (float("nan"), float("nan"))
+    half = student_t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The judge's settings (from the [judge] table)."""
+
+    significance: float = 0.05
+    min_effect: float = 0.0
+    line_cost: float = 0.02  # noise standard deviations of margin per net line added
+    max_runs: int = 4
+
+    def t_keep(self, df: int) -> float:
+        looks = max(1, self.max_runs - 1)
+        return float(student_t.ppf(1 - self.significance / looks, df))
+
+    def t_stop(self, df: int) -> float:
+        return float(student_t.ppf(STOP_CONFIDENCE, df))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    keep: Optional[bool]  # None: not decided yet, run again
+    effect: float  # improvement, positive is better
+    se: float  # its standard error (nan when the noise is unknown)
+    margin: float  # what the effect had to clear
+    runs: int
+    reason: str
+
+
+def margin(rule: Rule, noise: Noise, lines_added: int, lines_removed: int) -> float:
+    scale = noise.sd if noise.known and math.isfinite(noise.sd) else 0.0
+    return rule.min_effect + rule.line_cost * scale * (lines_added - lines_removed)
+
+
+def verdict(candidate: Sequence[float], parent: Sequence[float], noise: Noise, rule: Rule, *, minimize: bool,
+            lines_added: int = 0, lines_removed: int = 0) -> Verdict:
+    """The decision after the candidate's runs so far (`candidate`: their metrics, all successful)."""
+    n, n_parent = len(candidate), len(parent)
+    if n == 0 or n_parent == 0:
+        raise ValueError("a verdict needs at least one run of the candidate and of its parent")
+    if not noise.known:
+        raise ValueError("the noise is unknown: calibrate first (two or more runs of one commit)")
+    diff = statistics.fmean(parent) - statistics.fmean(candidate)
+    effect = diff if minimize else -diff
+    need = margin(rule, noise, lines_added, lines_removed)
+    lines = lines_added - lines_removed
+    priced = f" (incl. {rule.line_cost:g} sd x {lines:+d} lines)" if lines and noise.sd > 0 else ""
+    if noise.deterministic:
+        keep = effect > need
+        return Verdict(keep, effect, 0.0, need, n, f"effect {effect:+.4g} {'>' if keep else '<='} margin "
+                                                    f"{need:.4g}{priced} (deterministic metric: one run decides)")
+    se = noise.sd * math.sqrt(1 / n + 1 / n_parent)
+    shown = f"effect {effect:+.4g} ± {se:.2g} (n={n} vs {n_parent})"
+    low = effect - rule.t_keep(noise.df) * se
+    if n >= 2 and low > need:
+        return Verdict(True, effect, se, need, n, f"{shown}: lower bound {low:+.4g} clears margin {need:.4g}{priced}")
+    high = effect + rule.t_stop(noise.df) * se
+    if high < need:
+        return Verdict(False, effect, se, need, n, f"{shown}: clearly below margin {need:.4g}{priced}")
+    if n >= rule.max_runs:
+        return Verdict(False, effect, se, need, n, f"{shown}: not significant after {n} runs "
+                                                   f"(lower bound {low:+.4g}, margin {need:.4g}{priced})")
+    return Verdict(None, effect, se, need, n, f"{shown}: promising, confirming")
