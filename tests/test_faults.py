@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from toy import GUARDED_TRAIN as TRAIN, build_guarded, run_cli
+from toy import GUARDED_CONFIG, GUARDED_TRAIN as TRAIN, build_guarded, run_cli
 
 GOOD = {"description": "a real improvement", "replace": [{"file": "train.py", "old": "LR = 1.0", "new": "LR = 2.0"}]}
 
@@ -49,10 +49,6 @@ RUN_ATTACKS = [
             "open(__file__, 'a').write('# changed\\n')"), "rejected", "changed tracked file train.py"),
     (attack("shadow a module the evaluator imports", "open('json.py', 'w').write('raise SystemExit(0)\\n')"),
      "rejected", "created importable file json.py"),
-    (attack("move the research branch with git",
-            "import subprocess\nsubprocess.run(['git', 'update-ref', 'refs/heads/autoresearch/t', 'HEAD~0'])\n"
-            "subprocess.run(['git', 'commit', '--allow-empty', '-qm', 'x'])"),
-     "rejected", "changed"),
     (attack("NaN loss", "LR = float('nan')"), "crashed", "score is nan"),
     (attack("crash", "raise RuntimeError('boom')"), "crashed", "train exited with code 1"),
 ]
@@ -92,12 +88,27 @@ def test_an_attack_is_stopped_and_the_loop_goes_on(guarded, proposal, state, wor
     assert any(r["id"] == 1 for r in status["rejections"]) == (state == "rejected")
 
 
-def test_git_tampering_is_undone_and_flagged(guarded):
+GIT_ATTACK = attack("move the research branch with git",
+                    "import subprocess\nsubprocess.run(['git', 'update-ref', 'refs/heads/autoresearch/t', 'HEAD~0'])\n"
+                    "subprocess.run(['git', 'commit', '--allow-empty', '-qm', 'x'])")
+
+
+@pytest.mark.parametrize("isolate", ["auto", "off"])
+def test_git_from_a_run_cannot_move_the_research_branch(tmp_path, isolate):
+    """In the jail .git is read-only and the git commands fail; without it, they work, and the harness notices,
+    puts the refs back and rejects the run. Either way the branch ends where the ledger says."""
+    guarded = build_guarded(tmp_path, config=GUARDED_CONFIG + f'\n[sandbox]\nisolate = "{isolate}"\n')
     before = guarded.git("rev-parse", "main")
-    session(guarded, [RUN_ATTACKS[3][0]])
+    session(guarded, [GIT_ATTACK, GOOD])
+    attempt, good = guarded.experiments()[1:]
     flags = json.loads(run_cli("status", "-C", guarded.root, "--json").out)["flags"]
-    assert {f["kind"] for f in flags} == {"tamper", "git"}  # the worktree's HEAD moved; the branch was moved
-    assert any("refs/heads/autoresearch/t moved" in f["message"] for f in flags)
+    if attempt.state.value == "rejected":
+        assert {f["kind"] for f in flags} >= {"tamper", "git"}  # the worktree's HEAD moved; the branch was moved
+        assert any("refs/heads/autoresearch/t moved" in f["message"] for f in flags)
+    else:
+        assert isolate == "auto" and attempt.state.value == "discarded" and not flags
+        assert "read-only" in open(attempt.runs[0].log_path).read().lower()
+    assert good.state.value == "kept"
     assert guarded.git("rev-parse", "main") == before
     assert_consistent(guarded)
 
@@ -156,3 +167,64 @@ def test_a_run_that_ignores_sigterm_is_killed(guarded):
                     assert not os.readlink(f"/proc/{entry}/cwd").startswith(worktrees), f"pid {entry} left"
                 except OSError:
                     pass
+
+
+# ---------------------------------------------------------------- attacks the sandbox stops (Linux jail, resource limits)
+
+LIMITS = '\n[sandbox]\nmemory = "{memory}"\nprocesses = 32\noutput = "1M"\n'
+
+SANDBOX_ATTACKS = [
+    (attack("allocate memory without bound", "hog = []\nwhile True:\n    hog.append(bytearray(50 * 2**20))"),
+     "crashed", "memory limit", "300M"),
+    (attack("fork many processes", "import time\nfor _ in range(200):\n    if os.fork() == 0:\n"
+            "        time.sleep(30)\n        os._exit(0)\ntime.sleep(30)"), "crashed", "process", "80%"),
+    (attack("write gigabytes to stdout", "import sys\nline = 'x' * 1023 + '\\n'\nwhile True:\n"
+            "    sys.stdout.write(line)"), "crashed", "output limit", "80%"),
+]
+
+
+@pytest.mark.parametrize("proposal, state, words, memory", SANDBOX_ATTACKS,
+                         ids=[p["description"] for p, _, _, _ in SANDBOX_ATTACKS])
+def test_a_resource_attack_is_killed_and_the_loop_goes_on(tmp_path, proposal, state, words, memory):
+    guarded = build_guarded(tmp_path, config=GUARDED_CONFIG + LIMITS.format(memory=memory))
+    session(guarded, [proposal, GOOD])
+    attempt, good = guarded.experiments()[1:]
+    assert attempt.state.value == state and words in attempt.reason, attempt.reason
+    assert good.state.value == "kept"
+    assert_consistent(guarded)
+
+
+def jailed() -> bool:
+    from autoresearch import sandbox
+    return sandbox.unavailable() is None
+
+
+@pytest.mark.skipif(not jailed(), reason="no Linux jail here (unshare/user namespaces unavailable): see README")
+def test_training_cannot_read_the_validation_split(guarded):
+    body = ("val = os.path.join(os.environ['AUTORESEARCH_DATA'], '..', 'val', 'offset.txt')\n"
+            "try:\n    print('val offset read:', open(val).read())\nexcept OSError as exc:\n    print('val unreadable:', exc)\n"
+            "LR = 3.0 if os.path.exists(val) and open(val).read() else LR")
+    session(guarded, [attack("read the validation file", body)])
+    attempt = guarded.experiments()[1]
+    log = open(attempt.runs[0].log_path).read()
+    assert "val offset read: 1.5" not in log
+    assert attempt.state.value == "discarded"  # it could not use what it could not read
+
+
+@pytest.mark.skipif(not jailed(), reason="no Linux jail here (unshare/user namespaces unavailable): see README")
+def test_a_run_cannot_open_a_network_connection(guarded):
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    body = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            "    print('connected')\nexcept OSError as exc:\n    print('no network:', exc)")
+    session(guarded, [attack("open a network connection", body)])
+    log = open(guarded.experiments()[1].runs[0].log_path).read()
+    assert "no network:" in log and "connected\n" not in log and not accepted
+    server.close()

@@ -135,7 +135,7 @@ def _limits(target: Target, limits: Optional[dict]):
 def run_session(target: Target, agent_name: str, agent_options: dict, experiments: Optional[int],
                 budget: Optional[Budget], tag: Optional[str], device: Optional[str],
                 overrides: Optional[dict] = None, limits: Optional[dict] = None) -> int:
-    from . import agents
+    from . import agents, sandbox
     from .executor import LocalExecutor
     from .session import Session, SessionError
 
@@ -146,13 +146,19 @@ def run_session(target: Target, agent_name: str, agent_options: dict, experiment
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"agent {agent_name}: {exc}") from None
     executor = LocalExecutor(device or target.config.run.device)
+    try:
+        sandbox.check(target.config.sandbox.isolate)  # once, before anything runs: refuse, or say what is not isolated
+    except sandbox.SandboxError as exc:
+        print(f"autoresearch: {exc}", file=sys.stderr)
+        return 1
     _stop_on_sigterm()
     try:
         session = Session.open(target, agent, agent_name, executor, tag=tag, budget=budget, limits=caps)
         print(f"session {session.session_id} on {session.branch}: agent {agent_name}, budget {session.budget}, "
               f"slot {executor.slots()[0].name}")
         try:
-            reason = session.run(experiments)
+            with _live_view(target, session.tag):
+                reason = session.run(experiments)
         finally:
             session.close()
     except SessionError as exc:
@@ -248,6 +254,15 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _live_view(target: Target, tag: str):
+    """The Rich live panel while the session runs, on a terminal; nothing elsewhere (plain lines only)."""
+    from contextlib import nullcontext
+
+    from .live import LiveView, wanted
+
+    return LiveView(target, tag) if wanted() else nullcontext()
+
+
 def cmd_status(args) -> int:
     from .ledger import Ledger
     from .status import render, status_dict
@@ -279,17 +294,58 @@ def _existing_tag(target: Target, tag: Optional[str]) -> Optional[str]:
 
 
 def cmd_export(args) -> int:
-    from .export import write_tsv
+    from .export import ExportError, write_branch, write_patches, write_tsv
     from .ledger import Ledger
 
     target = Target.open(args.C)
     tag = _existing_tag(target, args.tag)
     if tag is None:
         raise UsageError("nothing to export: no research yet")
-    if not args.tsv:
-        raise UsageError("say what to export: --tsv FILE")
-    rows = write_tsv(Ledger(target.ledger_path), tag, target.config.metric.name, Path(args.tsv))
-    print(f"wrote {rows} experiments to {args.tsv}")
+    if not (args.tsv or args.patches or args.branch):
+        raise UsageError("say what to export: --tsv FILE, --patches DIR or --branch NAME")
+    ledger = Ledger(target.ledger_path)
+    if args.tsv:
+        rows = write_tsv(ledger, tag, target.config.metric.name, Path(args.tsv))
+        print(f"wrote {rows} experiments to {args.tsv}")
+    try:
+        if args.branch:
+            commits = write_branch(target.git, ledger, tag, target.config, args.branch)
+            print(f"branch {args.branch}: {len(commits)} commits, one per kept change, on the base commit "
+                  f"(git log {args.branch})")
+        if args.patches:
+            files = write_patches(target.git, ledger, tag, target.config, args.patches)
+            print(f"wrote {len(files)} patches to {args.patches} (apply on the base commit with "
+                  f"`git am {Path(args.patches) / '*.patch'}`)")
+    except ExportError as exc:
+        print(f"autoresearch: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .ledger import Ledger
+    from .report import build
+
+    target = Target.open(args.C)
+    tag = _existing_tag(target, args.tag)
+    if tag is None:
+        raise UsageError("nothing to report: no research yet (`autoresearch run` starts a session)")
+    out = Path(args.out) if args.out else target.state / "report"
+    png, page = build(target, Ledger(target.ledger_path), tag, out)
+    print(f"wrote {page} and {png}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import ServeError, serve
+
+    target = Target.open(args.C)
+    if args.tag:
+        _existing_tag(target, args.tag)
+    try:
+        serve(target, args.host, args.port, args.token, args.tag)
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
     return 0
 
 
@@ -419,10 +475,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="research line (default: the latest)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("export", parents=[common], help="export results (results.tsv)")
+    p = sub.add_parser("export", parents=[common], help="export results (results.tsv) or the kept chain (commits)")
     p.add_argument("--tsv", metavar="FILE", help="write karpathy/autoresearch's results.tsv format")
+    p.add_argument("--patches", metavar="DIR", help="the kept chain as format-patch files, one per kept change")
+    p.add_argument("--branch", metavar="NAME", help="the kept chain as a new branch, one commit per kept change")
     p.add_argument("--tag", help="research line (default: the latest)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", parents=[common], help="progress.png and a self-contained report.html")
+    p.add_argument("--out", metavar="DIR", help="where to write them (default: .autoresearch/report/)")
+    p.add_argument("--tag", help="research line (default: the latest)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", parents=[common], help="live dashboard in the browser")
+    p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; others need --token)")
+    p.add_argument("--token", help="required on every request (default: $AUTORESEARCH_TOKEN); needed off localhost")
+    p.add_argument("--tag", help="research line (default: the latest, followed as new ones start)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("suggest", parents=[common], help="queue an idea for the next proposal to consider")
     p.add_argument("text", nargs="+", help="the idea, in words")
