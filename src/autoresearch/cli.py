@@ -129,7 +129,7 @@ def _limits(target: Target, limits: Optional[dict]):
 def run_session(target: Target, agent_name: str, agent_options: dict, experiments: Optional[int],
                 budget: Optional[Budget], tag: Optional[str], device: Optional[str],
                 overrides: Optional[dict] = None, limits: Optional[dict] = None) -> int:
-    from . import agents
+    from . import agents, sandbox
     from .executor import LocalExecutor
     from .session import Session, SessionError
 
@@ -140,6 +140,11 @@ def run_session(target: Target, agent_name: str, agent_options: dict, experiment
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"agent {agent_name}: {exc}") from None
     executor = LocalExecutor(device or target.config.run.device)
+    try:
+        sandbox.check(target.config.sandbox.isolate)  # once, before anything runs: refuse, or say what is not isolated
+    except sandbox.SandboxError as exc:
+        print(f"autoresearch: {exc}", file=sys.stderr)
+        return 1
     _stop_on_sigterm()
     try:
         session = Session.open(target, agent, agent_name, executor, tag=tag, budget=budget, limits=caps)

@@ -14,6 +14,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .budget import Budget
+from .sandbox import Limits, parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,6 +104,26 @@ class JudgeSection(_Section):
     final_test_seeds: int = Field(default=3, ge=0)  # seeds of the held-out test at a session's end (0: none)
 
 
+class SandboxSection(_Section):
+    isolate: Literal["auto", "required", "off"] = "auto"
+    memory: str = "80%"       # total RSS of a run's processes: "8G", "512M", or a share of this machine's RAM
+    processes: int = Field(default=256, ge=1)
+    open_files: int = Field(default=4096, ge=16)
+    output: str = "64M"       # stdout + stderr of one command
+    hide: list[str] = []      # more paths no command may read (relative to the target root, or absolute)
+    readonly: list[str] = []  # more paths no command may write
+
+    @field_validator("memory", "output")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    def limits(self) -> Limits:
+        return Limits(memory=parse_size(self.memory), processes=self.processes, open_files=self.open_files,
+                      output=parse_size(self.output))
+
+
 class Knob(_Section):
     name: str
     file: str
@@ -170,6 +191,7 @@ class Config(_Section):
     budget: BudgetSection = BudgetSection()
     run: RunSection = RunSection()
     judge: JudgeSection = JudgeSection()
+    sandbox: SandboxSection = SandboxSection()
     knobs: list[Knob] = []
     agent: AgentSection = AgentSection()
     limits: LimitsSection = LimitsSection()

@@ -3,12 +3,14 @@
 An executor has slots (a GPU each, or a share of the CPU) and runs one job per slot at a time.
 It enforces the wall-clock limit from outside: the job runs in its own process group, which is
 sent SIGTERM at the deadline and SIGKILL a few seconds later, so a training script that ignores
-its budget (or signals) cannot outlive it.
+its budget (or signals) cannot outlive it. A job with a jail runs isolated and one with limits is
+watched, both through sandbox.py: over a limit, its whole group is SIGKILLed and the result says why.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -17,6 +19,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+
+from . import sandbox
+from .sandbox import Jail, Limits
 
 KILL_GRACE_SECONDS = 5.0
 
@@ -38,6 +43,8 @@ class Job:
     timeout: float
     log_path: Path
     pid_file: Optional[Path] = None  # names the job's process group while it runs (see kill_leftovers)
+    jail: Optional[Jail] = None      # run isolated (where possible; see Jail.required)
+    limits: Optional[Limits] = None  # resource limits, enforced from outside
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class JobResult:
     timed_out: bool = False
     interrupted: bool = False
     peak_rss_mb: Optional[float] = None
+    limit: str = ""                   # which resource limit killed the job, e.g. "memory limit 8.0 GiB exceeded (...)"
+    overshoot: Optional[float] = None  # timed out: seconds from the hard limit until its process group was gone
 
 
 class JobHandle(ABC):
@@ -97,20 +106,43 @@ class _LocalHandle(JobHandle):
     def __init__(self, job: Job):
         self.job = job
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        jailed = job.jail is not None and sandbox.check("required" if job.jail.required else "auto")
+        argv = sandbox.command(job.argv, job.jail if jailed else None, job.limits)
         self.started = time.monotonic()
         with open(job.log_path, "ab") as log:
-            self.process = subprocess.Popen(job.argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
+            log_start = log.tell()
+            self.process = subprocess.Popen(argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.monitor = sandbox.Monitor(self.process.pid, job.limits, job.log_path, log_start) if job.limits else None
+        self.pidfd = _pidfd(self.process.pid)
         self.cancelled = False
         if job.pid_file:
             job.pid_file.parent.mkdir(parents=True, exist_ok=True)
             job.pid_file.write_text(f"{self.process.pid} {_start_time(self.process.pid)}")
 
-    def _signal_group(self, sig: int) -> None:
+    def _signal_group(self, sig: int) -> bool:
+        """Signal the job's process group; False when none of it is left."""
         try:
             os.killpg(self.process.pid, sig)
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
+            return False
+        except PermissionError:
             pass
+        return True
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, but wake as soon as the job's process ends where the OS can say so (a pidfd, Linux)."""
+        if self.pidfd is None:
+            time.sleep(seconds)
+        else:
+            select.select([self.pidfd], [], [], seconds)
+
+    def _close(self) -> None:
+        if self.monitor:
+            self.monitor.stop()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
     def _reap(self, block: bool) -> Optional[tuple[int, float]]:
         """(exit code, peak RSS in MB) once the process has ended, else None."""
@@ -128,7 +160,7 @@ class _LocalHandle(JobHandle):
         self._signal_group(signal.SIGTERM)
         deadline = time.monotonic() + KILL_GRACE_SECONDS
         while (done := self._reap(block=False)) is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+            self._pause(0.02)
         self._signal_group(signal.SIGKILL)
         return done or self._reap(block=True)
 
@@ -141,18 +173,33 @@ class _LocalHandle(JobHandle):
                 timed_out = not self.cancelled
                 done = self._kill()
                 break
-            time.sleep(pause)
+            self._pause(pause)
             pause = min(pause * 2, 0.05)
-        self._signal_group(signal.SIGKILL)  # whatever the job left behind in its group dies with it
+        # whatever the job left behind in its group dies with it
+        left = self._signal_group(signal.SIGKILL)
+        gone = sandbox.wait_gone(self.process.pid) if left else time.monotonic()
+        seconds = time.monotonic() - self.started
+        overshoot = gone - deadline if timed_out else None
+        peak = done[1]
+        limit = ""
+        self._close()
+        if self.monitor:
+            limit = self.monitor.finish_log()
+            peak = max(peak, self.monitor.peak_rss / 2**20)
+        if overshoot is not None:
+            with open(self.job.log_path, "a") as log:
+                log.write(f"\n[autoresearch] hard limit of {self.job.timeout:g}s reached: SIGTERM to the process "
+                          f"group, which was gone {overshoot:.2f}s after the limit\n")
         if self.job.pid_file:
             self.job.pid_file.unlink(missing_ok=True)
-        return JobResult(exit_code=done[0], seconds=time.monotonic() - self.started, timed_out=timed_out, interrupted=self.cancelled,
-                         peak_rss_mb=done[1] or None)
+        return JobResult(exit_code=done[0], seconds=seconds, timed_out=timed_out, interrupted=self.cancelled,
+                         peak_rss_mb=peak or None, limit=limit, overshoot=overshoot)
 
     def cancel(self) -> None:
         self.cancelled = True
         if self.process.returncode is None:
             self._kill()
+        self._close()
 
 
 @register("local")
@@ -186,6 +233,13 @@ def kill_leftovers(directory: Path) -> list[int]:
             pass
         pid_file.unlink(missing_ok=True)
     return killed
+
+
+def _pidfd(pid: int) -> Optional[int]:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3
+        return None
 
 
 def _start_time(pid: int) -> str:

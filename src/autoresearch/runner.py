@@ -1,9 +1,12 @@
 """One run: the target's train command, then its evaluate command, then the metric read back.
 
 The run sees a scrubbed environment (an allow-list: no API keys or cloud credentials reach
-training code), only the training part of the data, and an empty output directory. Its state is
-decided here: ok, crashed (non-zero exit, no metric, NaN), timeout, interrupted, or rejected (the
-run tampered with what the evaluator reads: see integrity.py).
+training code), only the training part of the data, and an empty output directory. Where the OS
+allows it, each command also runs jailed (sandbox.py): no network, the target read-only except its
+worktree and output directory, the held-out data hidden from training; and always under the
+[sandbox] resource limits. Its state is decided here: ok, crashed (non-zero exit, a resource
+limit, no metric, NaN), timeout, interrupted, or rejected (the run tampered with what the
+evaluator reads, see integrity.py, or the evaluator refused the model).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from . import sandbox
 from .budget import Budget
 from .executor import Executor, Job, JobResult, Slot
 from .gitrepo import Git
 from . import integrity
 from .records import Flag, RunRecord, RunState
+from .sandbox import Jail
 from .target import Target, cache_dir, command_argv
 
 # Variables a training process may see, by exact name or by prefix. Everything else is dropped.
@@ -82,6 +87,22 @@ class Runner:
         })
         return env
 
+    def jail(self, writable: tuple[Path, ...], hidden: tuple[Path, ...] = ()) -> Optional[Jail]:
+        """What a command may write and may not read; None with `[sandbox] isolate = "off"`."""
+        box = self.target.config.sandbox
+        if box.isolate == "off":
+            return None
+        root, data = self.target.root, self.target.data.resolve()
+        outside = (data,) if data.is_dir() and root not in data.parents else ()  # prepared data kept elsewhere
+        readonly = (root, *outside, *sandbox.python_paths(), *(root / Path(p).expanduser() for p in box.readonly))
+        hidden = (*hidden, *(root / Path(p).expanduser() for p in box.hide))
+        return Jail(readonly, writable, hidden, required=box.isolate == "required")
+
+    def held_out(self) -> tuple[Path, ...]:
+        """Everything of the prepared data but train/: the training command must not read it."""
+        data = self.target.data
+        return tuple(sorted(p for p in data.iterdir() if p.name != "train")) if data.is_dir() else ()
+
     def run(self, spec: RunSpec, slot: Slot) -> RunRecord:
         config = self.target.config
         out = spec.directory / "out"
@@ -89,11 +110,12 @@ class Runner:
         out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
 
-        def job(command: str, data: Path) -> JobResult:
+        def job(command: str, data: Path, jail: Optional[Jail]) -> JobResult:
             with open(log, "a") as handle:
                 handle.write(f"==> {command}\n")
             return self.executor.run(Job(command_argv(command), spec.worktree, self.env(spec, slot, out, data),
-                                         spec.timeout, log, self.target.pids / f"{slot.name}.pid"), slot)
+                                         spec.timeout, log, self.target.pids / f"{slot.name}.pid", jail,
+                                         config.sandbox.limits()), slot)
 
         flags: list[Flag] = []
         problem = self._tampering(spec, before=True)
@@ -101,7 +123,8 @@ class Runner:
             flags.append(Flag("scope", problem))
             return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=RunState.REJECTED, metric=None,
                              reason=problem, log_path=str(log), flags=tuple(flags))
-        result = job(config.commands.train, self.target.data / "train")
+        train_jail = self.jail((spec.worktree, out), self.held_out())
+        result = job(config.commands.train, self.target.data / "train", train_jail)
         peak = result.peak_rss_mb
         state, reason = _judge_exit("train", result, spec)
         evaluated_from = log.stat().st_size if log.exists() else 0
@@ -120,7 +143,8 @@ class Runner:
                 state, reason = RunState.REJECTED, problem
                 flags.append(Flag("tamper", problem))
         if state is RunState.OK and config.commands.evaluate:
-            result = job(config.commands.evaluate, self.target.data)
+            Git(spec.worktree).reset_to("HEAD")  # nothing else the training run wrote in its worktree reaches the evaluator
+            result = job(config.commands.evaluate, self.target.data, self.jail((out,)))
             peak = max(peak or 0, result.peak_rss_mb or 0) or None
             state, reason = _judge_exit("evaluate", result, spec)
             if result.exit_code == EVALUATOR_REJECTS and not (result.timed_out or result.interrupted):
@@ -129,6 +153,8 @@ class Runner:
                 flags.append(Flag("evaluator", reason))
 
         text = log.read_text(errors="replace") if log.exists() else ""
+        if state is RunState.CRASHED and not result.limit and "Too many open files" in text[-LOG_TAIL_CHARS:]:
+            reason += f" (out of open files: at most {config.sandbox.open_files} per process, [sandbox] open_files)"
         metrics = reported_numbers(text)
         metric = None
         if state is RunState.OK:
@@ -195,6 +221,8 @@ def _judge_exit(step: str, result: JobResult, spec: RunSpec) -> tuple[RunState, 
     if result.timed_out:
         return RunState.TIMEOUT, (f"{step} killed after {result.seconds:.1f}s: over the hard limit of "
                                   f"{spec.timeout:.0f}s for budget {spec.budget}")
+    if result.limit:
+        return RunState.CRASHED, f"{step} killed: {result.limit}"
     if result.exit_code != 0:
         return RunState.CRASHED, f"{step} exited with code {result.exit_code}"
     return RunState.OK, ""
