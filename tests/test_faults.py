@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from toy import GUARDED_TRAIN as TRAIN, build_guarded, run_cli
+from toy import GUARDED_CONFIG, GUARDED_TRAIN as TRAIN, build_guarded, run_cli
 
 GOOD = {"description": "a real improvement", "replace": [{"file": "train.py", "old": "LR = 1.0", "new": "LR = 2.0"}]}
 
@@ -49,10 +49,6 @@ RUN_ATTACKS = [
             "open(__file__, 'a').write('# changed\\n')"), "rejected", "changed tracked file train.py"),
     (attack("shadow a module the evaluator imports", "open('json.py', 'w').write('raise SystemExit(0)\\n')"),
      "rejected", "created importable file json.py"),
-    (attack("move the research branch with git",
-            "import subprocess\nsubprocess.run(['git', 'update-ref', 'refs/heads/autoresearch/t', 'HEAD~0'])\n"
-            "subprocess.run(['git', 'commit', '--allow-empty', '-qm', 'x'])"),
-     "rejected", "changed"),
     (attack("NaN loss", "LR = float('nan')"), "crashed", "score is nan"),
     (attack("crash", "raise RuntimeError('boom')"), "crashed", "train exited with code 1"),
 ]
@@ -92,12 +88,27 @@ def test_an_attack_is_stopped_and_the_loop_goes_on(guarded, proposal, state, wor
     assert any(r["id"] == 1 for r in status["rejections"]) == (state == "rejected")
 
 
-def test_git_tampering_is_undone_and_flagged(guarded):
+GIT_ATTACK = attack("move the research branch with git",
+                    "import subprocess\nsubprocess.run(['git', 'update-ref', 'refs/heads/autoresearch/t', 'HEAD~0'])\n"
+                    "subprocess.run(['git', 'commit', '--allow-empty', '-qm', 'x'])")
+
+
+@pytest.mark.parametrize("isolate", ["auto", "off"])
+def test_git_from_a_run_cannot_move_the_research_branch(tmp_path, isolate):
+    """In the jail .git is read-only and the git commands fail; without it, they work, and the harness notices,
+    puts the refs back and rejects the run. Either way the branch ends where the ledger says."""
+    guarded = build_guarded(tmp_path, config=GUARDED_CONFIG + f'\n[sandbox]\nisolate = "{isolate}"\n')
     before = guarded.git("rev-parse", "main")
-    session(guarded, [RUN_ATTACKS[3][0]])
+    session(guarded, [GIT_ATTACK, GOOD])
+    attempt, good = guarded.experiments()[1:]
     flags = json.loads(run_cli("status", "-C", guarded.root, "--json").out)["flags"]
-    assert {f["kind"] for f in flags} == {"tamper", "git"}  # the worktree's HEAD moved; the branch was moved
-    assert any("refs/heads/autoresearch/t moved" in f["message"] for f in flags)
+    if attempt.state.value == "rejected":
+        assert {f["kind"] for f in flags} >= {"tamper", "git"}  # the worktree's HEAD moved; the branch was moved
+        assert any("refs/heads/autoresearch/t moved" in f["message"] for f in flags)
+    else:
+        assert isolate == "auto" and attempt.state.value == "discarded" and not flags
+        assert "read-only" in open(attempt.runs[0].log_path).read().lower()
+    assert good.state.value == "kept"
     assert guarded.git("rev-parse", "main") == before
     assert_consistent(guarded)
 
