@@ -34,6 +34,7 @@ class Context:
     parent: Experiment  # the current best: the proposal is applied on top of its commit
     baseline: Experiment
     history: tuple[Experiment, ...]  # every experiment of this research line, oldest first
+    pending: tuple["Proposal", ...] = ()  # proposals made but not yet recorded (several slots): propose others
 
 
 @dataclass(frozen=True)

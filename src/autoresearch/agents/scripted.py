@@ -5,8 +5,8 @@
      {"description": "tweak", "replace": [{"file": "train.py", "old": "x = 1", "new": "x = 2"}]},
      {"description": "agent fails", "error": "model returned garbage"}]
 
-Its position in the script is the number of experiments it already has in the ledger, so a
-resumed session continues with the next proposal, never repeating or skipping one.
+Its position in the script is the number of experiments it already has in the ledger (and of its proposals
+still waiting for a slot), so a resumed session continues with the next proposal, never repeating or skipping one.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class ScriptedAgent(Agent):
             raise ValueError(f"{script}: expected a JSON list of proposals")
 
     def propose(self, context: Context) -> Proposal:
-        position = sum(1 for e in context.history if e.agent == self.name)
+        position = (sum(1 for e in context.history if e.agent == self.name)
+                    + sum(1 for p in context.pending if p.meta.get("agent") == self.name))  # made, not yet recorded
         if position >= len(self.steps):
             raise AgentExhausted(f"the script's {len(self.steps)} proposals are all done")
         step = self.steps[position]
@@ -51,4 +52,4 @@ class ScriptedAgent(Agent):
         for name, value in step.get("knobs", {}).items():
             knob = next(k for k in context.config.knobs if k.name == name)
             writes[knob.file] = files[knob.file] = knob_edit.set_value(files[knob.file], name, value)
-        return Proposal(step.get("description", f"scripted proposal {position + 1}"), writes)
+        return Proposal(step.get("description", f"scripted proposal {position + 1}"), writes, meta={"agent": self.name})
