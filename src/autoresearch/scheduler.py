@@ -330,7 +330,9 @@ class Scheduler:
 
         def reject(reason: str, diff: str = "", added: int = 0, removed: int = 0) -> None:
             self.call(self._settle, item, lambda: session._spent(session._reject(
-                parent, proposal, reason, diff, added, removed, agent=agent), usage))
+                parent, proposal, reason, diff, added, removed, agent=agent, slot=slot.name,
+                proposed_on=based_on if based_on != parent.commit else None,
+                origin=origin.index if origin else None), usage))
 
         try:
             conflict = self._apply(item, parent, worktree)

@@ -442,11 +442,11 @@ class Session:
                               split="test", kind="heldout")
 
     def _reject(self, parent: Experiment, proposal: Proposal, reason: str, diff: str = "", added: int = 0,
-                removed: int = 0, agent: Optional[str] = None) -> Experiment:
+                removed: int = 0, agent: Optional[str] = None, **where) -> Experiment:
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.REJECTED, parent=parent.commit, commit=None,
             description=proposal.description, agent=agent or self.agent_name, diff=diff, lines_added=added,
-            lines_removed=removed, reason=reason)
+            lines_removed=removed, reason=reason, **where)  # where: slot, proposed_on, origin
         self._report(experiment, parent)
         return experiment
 
