@@ -41,6 +41,14 @@ class Git:
         return subprocess.run(["git", *_NO_PROGRAMS, "-C", str(self.root), *args], input=input, capture_output=True,
                               text=True, env=env)
 
+    def run_bytes(self, *args: str) -> bytes:
+        """A git command's output as bytes (an archive)."""
+        env = {**_IDENTITY, **os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+        result = subprocess.run(["git", *_NO_PROGRAMS, "-C", str(self.root), *args], capture_output=True, env=env)
+        if result.returncode != 0:
+            raise GitError(f"git {' '.join(args)} failed in {self.root}: {result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
+
     def run(self, *args: str, input: Optional[str] = None, check: bool = True) -> str:
         result = self._exec(*args, input=input)
         if check and result.returncode != 0:
