@@ -15,6 +15,79 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 pytestmark = pytest.mark.slow
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_under(directory: str) -> list[int]:
+    """Processes whose command line names `directory` (the Ray processes of a cluster started with it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if directory.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_cluster_started_with_ray_start_is_used_through_address(tmp_path):
+    """`ray start --head` as a user would (in a process group of its own, stopped after), then `autoresearch run
+    --executor ray --address` as a command. Ray >= 2.59 authenticates: both get the same token (users share
+    ~/.ray/auth_token; RAY_AUTH_MODE must be set before Ray is imported, hence a separate process)."""
+    import secrets
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from toy import cli_command
+
+    port, temp = _free_port(), Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    ray_cli = Path(sys.executable).parent / "ray"
+    with open(tmp_path / "head.log", "wb") as log:
+        head = subprocess.Popen([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2",
+                                 f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        toy = build_toy(tmp_path, sleep=0.2)
+        script = toy.scripted([knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8)])
+        done = subprocess.run(cli_command("run", "-C", toy.root, "--tag", TAG, "--executor", "ray", "--address",
+                                          f"127.0.0.1:{port}", "--workers", "2", *script),
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "head.log").read_text()
+        assert "2 slots (ray)" in done.stdout
+        assert_consistent(toy)
+        assert {r.slot for e in toy.experiments() for r in e.runs} <= {"ray-cpu0", "ray-cpu1"}
+        assert toy.best().metric < 5.4
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # the head drains for up to 30 s
+        try:
+            head.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 20
+        while _processes_under(str(temp)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for pid in _processes_under(str(temp)):  # anything the head started outside its group
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        import shutil
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A local Ray cluster of 2 CPUs that autoresearch's own package is shipped to (as `--executor ray` does)."""

@@ -278,3 +278,39 @@ def test_workers_with_the_statistical_judge_and_a_trusted_evaluator(tmp_path):
     low = next(e for e in experiments if e.description == "LR 0.5")
     assert low.state in (State.DISCARDED, State.REJECTED)  # worse; or, on LR 2, its edit no longer applies
     assert any(e.state is State.KEPT for e in experiments)
+
+
+# ---------------------------------------------------------------- the built-in GPT target
+
+@pytest.mark.slow
+def test_workers_on_the_gpt_target_with_fixed_step_budgets(tmp_path):
+    import subprocess
+
+    root = tmp_path / "research"
+    assert run_cli("init", root).code == 0
+    config = root / "autoresearch.toml"  # a quicker judge: two calibration runs, at most two runs per change
+    config.write_text(config.read_text().replace("calibrate_seeds = 5", "calibrate_seeds = 2")
+                      .replace("max_runs = 4", "max_runs = 2").replace("final_test_seeds = 3", "final_test_seeds = 0"))
+    subprocess.run(["git", "-C", str(root), "commit", "-qam", "a quicker judge"], check=True)
+    prepared = run_cli("prepare", "-C", root, "--data", "stdlib")
+    assert prepared.code == 0, prepared.text
+    script = root.parent / "script.json"
+    import json
+    script.write_text(json.dumps([knobs("higher Muon LR", MATRIX_LR=0.08), knobs("longer warmdown", WARMDOWN_FRAC=0.8),
+                                  knobs("much lower Muon LR", MATRIX_LR=0.004)]))
+    result = run_cli("run", "-C", root, "--tag", "w", "--budget", "10steps", "--workers", "2", "--device", "cpu",
+                     "--agent", "scripted", "--agent-option", f"script={script}")
+    assert result.code == 0, result.text
+    from autoresearch.ledger import Ledger
+    ledger = Ledger(root / ".autoresearch" / "ledger.sqlite")
+    experiments = ledger.experiments("w")
+    best = ledger.best("w")
+    assert all(e.state in FINAL for e in experiments)
+    assert subprocess.run(["git", "-C", str(root), "rev-parse", "autoresearch/w"], capture_output=True,
+                          text=True).stdout.strip() == best.commit
+    runs = [r for e in experiments for r in e.runs]
+    assert {r.slot for r in runs} == {"cpu0", "cpu1"}
+    assert all(r.state is RunState.OK and r.metrics.get("num_steps") == 10 for r in runs)
+    assert all(1.0 < r.metric < 8.0 for r in runs)  # scored by the trusted evaluator: a real model
+    assert Counter(e.description for e in experiments if e.agent == "scripted") == Counter(
+        ["higher Muon LR", "longer warmdown", "much lower Muon LR"])

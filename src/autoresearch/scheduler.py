@@ -387,14 +387,35 @@ class Scheduler:
             if worktree.apply_patch(bare, zero_context=True) is None:
                 return None
             worktree.reset_to(parent.commit)
+            values = item.proposal.meta.get("knobs") if item.proposal else None
+            if isinstance(values, dict) and values and self._set_knobs(worktree, values):
+                return None  # a point of the knob search: the same point, set on the new best
         return conflict
+
+    def _set_knobs(self, worktree: "Git", values: dict) -> bool:
+        """Set the knobs to `values` in the worktree's files (the search's proposals are points, not edits)."""
+        from . import knobs
+
+        config = self.session.target.config
+        declared = {knob.name: knob.file for knob in config.knobs}
+        if not set(values) <= set(declared):
+            return False
+        for name, value in values.items():
+            path = worktree.root / declared[name]
+            try:
+                path.write_text(knobs.set_value(path.read_text(), name, value))
+            except (OSError, SyntaxError, knobs.KnobError):
+                worktree.reset_to(worktree.head())
+                return False
+        return True
 
     # ---------------------------------------------------------------- decisions (on the coordinator)
 
     def _decide(self, experiment: Experiment, decision, runs: list, parent: Experiment) -> Experiment:
         session = self.session
         if self.stopping and decision.state is State.INTERRUPTED:
-            decision = dataclasses.replace(decision, reason="stopped by the user while it ran")
+            why = "stopped by the user" if self.reason == "stopped by the user" else f"stopped ({self.reason})"
+            decision = dataclasses.replace(decision, reason=f"{why} while it ran")
         best = session.ledger.best(session.tag)
         if decision.state is not State.KEPT or best.commit == parent.commit:
             return session.finish(experiment, decision, runs, parent)
