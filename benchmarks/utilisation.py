@@ -12,6 +12,8 @@ offline search, each proposal delayed by the agent latency (a stand-in for an LL
 the baseline to the end of the last experiment:
 
     utilisation = sum of the runs' training seconds (as train.py reports them) / (slots x that window)
+    steady      = the same over each slot's own span, from its first run's start to its last run's end (what is
+                  left once the pipeline is full: the first proposals' wait is a one-time cost per session)
 
 Configurations: one slot as the reference loop runs it (serial: propose, run, judge), one slot pipelined (the
 agent proposes while it trains), and `--slots` slots (pipelined). For the reference loop, the formula
@@ -141,8 +143,14 @@ def measure(target: Target, tag: str, slots: int, pipeline: bool, latency: float
     training = sum(r.metrics.get("training_seconds", 0.0) for r in runs)
     overhead = statistics.fmean(r.seconds - r.metrics.get("training_seconds", 0.0) for r in runs)
     window = end - start
+    spans = {}  # per slot: from its first run's start to its last run's end (the pipeline filled)
+    for r in runs:
+        first, last = spans.get(r.slot, (r.started_at, r.started_at + r.seconds))
+        spans[r.slot] = (min(first, r.started_at), max(last, r.started_at + r.seconds))
+    busy = sum(last - first for first, last in spans.values())
     return {"slots": slots, "pipeline": pipeline, "latency": latency, "experiments": len(rest), "runs": len(runs),
             "window": window, "training": training, "utilisation": training / (slots * window),
+            "steady": training / busy if busy else 0.0,
             "run_overhead": overhead, "mean_training": training / len(runs),
             "reference": budget.value / (budget.value + overhead + latency)}
 
@@ -168,14 +176,14 @@ def main() -> None:
         print(f"target {what} | budget {budget} | {args.experiments} experiments per line | search agent delayed by "
               f"{', '.join(f'{x:g}s' for x in args.latency)}")
         print(f"{'slots':>5} {'mode':<9} {'agent':>6} {'runs':>4} {'window':>8} {'training':>9} {'run overhead':>13} "
-              f"{'utilisation':>11} {'reference loop':>15}")
+              f"{'utilisation':>11} {'steady':>7} {'reference loop':>15}")
         for latency in args.latency:
             for slots, pipeline in configurations:
                 tag = f"s{slots}{'p' if pipeline else 'r'}{int(latency * 10)}"
                 row = measure(target, tag, slots, pipeline, latency, args.experiments, budget)
                 print(f"{slots:>5} {'pipelined' if pipeline else 'serial':<9} {latency:>5g}s {row['runs']:>4} "
                       f"{row['window']:>7.1f}s {row['training']:>8.1f}s {row['run_overhead']:>12.2f}s "
-                      f"{row['utilisation']:>11.3f} {row['reference']:>15.3f}", flush=True)
+                      f"{row['utilisation']:>11.3f} {row['steady']:>7.3f} {row['reference']:>15.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def test_status_shows_the_slots(researched):
 # ---------------------------------------------------------------- stacking and conflicts
 
 def test_two_winners_from_one_parent_are_stacked_and_rejudged(make_toy):
-    toy = make_toy(sleep=1.0)
+    toy = make_toy(sleep=2.0)
     run(toy, [knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8)], "--workers", "2")
     assert_consistent(toy)
     experiments = toy.experiments()
@@ -151,10 +151,14 @@ def test_two_winners_from_one_parent_are_stacked_and_rejudged(make_toy):
     assert stacked.runs  # judged again, against the first winner
     assert "re-applied on the best (stacked)" in superseded[0].reason
     assert toy.best().commit == stacked.commit
+    tsv = toy.root.parent / "results.tsv"
+    assert run_cli("export", "-C", toy.root, "--tsv", tsv).code == 0
+    row = next(line for line in tsv.read_text().splitlines() if line.startswith(superseded[0].commit[:7]))
+    assert "\tdiscard\t" in row and "[superseded: " in row
 
 
 def test_a_stacking_conflict_is_recorded(make_toy):
-    toy = make_toy(sleep=1.0)
+    toy = make_toy(sleep=2.0)
     run(toy, [knobs("LR 2", LR=2.0), knobs("LR 2.5", LR=2.5)], "--workers", "2")  # both win; the same line
     assert_consistent(toy)
     experiments = toy.experiments()

@@ -97,7 +97,7 @@ class SearchAgent(Agent):
                       if name in by_name and _within(by_name[name], value)}
             if not params:
                 continue
-            if experiment.ok and experiment.state in (State.BASELINE, State.KEPT, State.DISCARDED):
+            if experiment.ok and experiment.state in (State.BASELINE, State.KEPT, State.DISCARDED, State.SUPERSEDED):
                 trial = self.optuna.trial.create_trial(
                     params=params, distributions={n: distributions[n] for n in params}, value=experiment.metric)
             elif experiment.state in (State.CRASHED, State.TIMEOUT):
