@@ -101,7 +101,8 @@ def cmd_run(args) -> int:
     overrides = {"model": args.model, "base_url": args.base_url}
     limits = {"max_cost": args.max_cost, "max_tokens": args.max_tokens, "max_hours": args.max_hours}
     return run_session(target, args.agent or target.config.agent.name, _options(args.agent_option), args.experiments,
-                       args.budget, args.tag, args.device, overrides=overrides, limits=limits)
+                       args.budget, args.tag, args.device, overrides=overrides, limits=limits, workers=args.workers,
+                       pipeline=args.pipeline, executor=args.executor, address=args.address)
 
 
 def _agent_settings(target: Target, overrides: dict, options: dict):
@@ -132,11 +133,33 @@ def _limits(target: Target, limits: Optional[dict]):
     return LimitsSection.model_validate({**target.config.limits.model_dump(), **given})
 
 
+def make_executor(name: str, device: str, workers: Optional[int] = None, address: Optional[str] = None):
+    """The executor named `name` (local, ray) with `workers` slots (None: one per visible GPU, else one)."""
+    from .executor import EXECUTORS, LocalExecutor
+
+    if workers is not None and workers < 1:
+        raise UsageError("--workers must be 1 or more")
+    if name == "local":
+        if address:
+            raise UsageError("--address is for --executor ray")
+        return LocalExecutor(device, workers)
+    if name == "ray":
+        from .ray_executor import RayExecutor, RayUnavailable
+
+        try:
+            return RayExecutor(device=device, workers=workers, address=address)
+        except RayUnavailable as exc:
+            raise UsageError(str(exc)) from None
+    if name in EXECUTORS:
+        return EXECUTORS[name](device=device, workers=workers)
+    raise UsageError(f"unknown executor {name!r}; available: local, ray")
+
+
 def run_session(target: Target, agent_name: str, agent_options: dict, experiments: Optional[int],
                 budget: Optional[Budget], tag: Optional[str], device: Optional[str],
-                overrides: Optional[dict] = None, limits: Optional[dict] = None) -> int:
+                overrides: Optional[dict] = None, limits: Optional[dict] = None, workers: Optional[int] = None,
+                pipeline: Optional[bool] = None, executor: str = "local", address: Optional[str] = None) -> int:
     from . import agents, sandbox
-    from .executor import LocalExecutor
     from .session import Session, SessionError
 
     settings, options = _agent_settings(target, overrides or {}, agent_options)
@@ -145,25 +168,29 @@ def run_session(target: Target, agent_name: str, agent_options: dict, experiment
         agent = agents.create(agent_name, settings=settings, **options)
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"agent {agent_name}: {exc}") from None
-    executor = LocalExecutor(device or target.config.run.device)
     try:
         sandbox.check(target.config.sandbox.isolate)  # once, before anything runs: refuse, or say what is not isolated
     except sandbox.SandboxError as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 1
+    runner = make_executor(executor, device or target.config.run.device, workers, address)
     _stop_on_sigterm()
     try:
-        session = Session.open(target, agent, agent_name, executor, tag=tag, budget=budget, limits=caps)
+        session = Session.open(target, agent, agent_name, runner, tag=tag, budget=budget, limits=caps)
+        slots = runner.slots()
+        where = f"slot {slots[0].name}" if len(slots) == 1 else f"{len(slots)} slots"
         print(f"session {session.session_id} on {session.branch}: agent {agent_name}, budget {session.budget}, "
-              f"slot {executor.slots()[0].name}")
+              f"{where}" + (f" ({runner.name})" if runner.name != "local" else ""))
         try:
             with _live_view(target, session.tag):
-                reason = session.run(experiments)
+                reason = session.run(experiments, pipeline=pipeline)
         finally:
             session.close()
     except SessionError as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 1
+    finally:
+        runner.close()
     print(f"session ended: {reason}")
     return 0 if not reason.startswith("paused") else 1
 
@@ -449,6 +476,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget: 300s, 500steps, 2Mtok")
     p.add_argument("--tag", help="research line; its branch is autoresearch/TAG (default: the latest, or today)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
+    p.add_argument("--workers", type=int, metavar="N", help="experiments in flight at once, one per slot, each in its "
+                   "own worktree (default: one per visible GPU, else 1; on the CPU, N slots share the cores)")
+    p.add_argument("--pipeline", action="store_true", default=None,
+                   help="propose the next experiments while the current ones train (always on with --workers > 1)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where runs happen: this machine (default) or a Ray cluster (pip install 'autoresearch[ray]')")
+    p.add_argument("--address", metavar="ADDR", help="--executor ray: the cluster (host:port of `ray start --head`, "
+                   "or 'auto'); default: a local Ray started for the session")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("calibrate", parents=[common], help="measure the metric's noise: rerun the best commit")

@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class Slot:
     name: str
     device: str = "auto"
     threads: int = 1
+    visible_devices: Optional[str] = None  # CUDA_VISIBLE_DEVICES for its runs (a GPU slot: one physical GPU)
+    cpus: tuple = ()  # the CPU cores its runs are pinned to (Linux; empty: no pinning)
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,30 @@ class JobHandle(ABC):
 
 
 class Executor(ABC):
+    """Runs jobs on slots. `interrupt()` (from any thread) stops every job in flight: each reports interrupted."""
+
     name: str = ""
+    stop: threading.Event  # set by interrupt(); created on first use
 
     @abstractmethod
     def slots(self) -> list[Slot]:
         ...
+
+    def interrupt(self) -> None:
+        self.stopping().set()
+
+    def stopping(self) -> threading.Event:
+        if "stop" not in self.__dict__:
+            self.stop = threading.Event()
+        return self.stop
+
+    def execute(self, runner, spec, slot: Slot):
+        """One whole run (train, checks, evaluate) of `spec` on `slot`: a RunRecord. Here, through `runner`;
+        a remote executor ships the run elsewhere (ray_executor.py)."""
+        return runner.run(spec, slot)
+
+    def close(self) -> None:
+        """Give back what the executor holds (a cluster connection)."""
 
     @abstractmethod
     def start(self, job: Job, slot: Slot) -> JobHandle:
@@ -103,8 +125,9 @@ def register(name: str):
 
 
 class _LocalHandle(JobHandle):
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, stop: Optional[threading.Event] = None, cpus: tuple = ()):
         self.job = job
+        self.stop = stop
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
         jailed = job.jail is not None and sandbox.check("required" if job.jail.required else "auto")
         argv = sandbox.command(job.argv, job.jail if jailed else None, job.limits)
@@ -113,6 +136,11 @@ class _LocalHandle(JobHandle):
             log_start = log.tell()
             self.process = subprocess.Popen(argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if cpus and hasattr(os, "sched_setaffinity"):  # the slot's cores, before the program starts its threads
+            try:
+                os.sched_setaffinity(self.process.pid, cpus)
+            except OSError:
+                pass
         self.monitor = sandbox.Monitor(self.process.pid, job.limits, job.log_path, log_start) if job.limits else None
         self.pidfd = _pidfd(self.process.pid)
         self.cancelled = False
@@ -169,6 +197,8 @@ class _LocalHandle(JobHandle):
         pause = 0.002
         timed_out = False
         while (done := self._reap(block=False)) is None:
+            if self.stop is not None and self.stop.is_set():
+                self.cancelled = True
             if self.cancelled or time.monotonic() >= deadline:
                 timed_out = not self.cancelled
                 done = self._kill()
@@ -213,7 +243,7 @@ class LocalExecutor(Executor):
         return list(self._slots)
 
     def start(self, job: Job, slot: Slot) -> JobHandle:
-        return _LocalHandle(job)
+        return _LocalHandle(job, self.stopping(), slot.cpus)
 
 
 def kill_leftovers(directory: Path) -> list[int]:
@@ -257,22 +287,44 @@ def _start_time(pid: int) -> str:
 
 
 def local_slots(device: str, workers: Optional[int]) -> list[Slot]:
-    cpus = os.cpu_count() or 1
-    gpus = _visible_gpus() if device in ("auto", "cuda") else 0
+    """One slot per visible GPU (or `workers` of them, sharing GPUs round-robin past one each), each seeing only its
+    GPU through CUDA_VISIBLE_DEVICES; else `workers` CPU slots (default 1) that split the cores between them."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    gpus = _visible_gpus() if device in ("auto", "cuda") or device.startswith("cuda:") else []
+    if device.startswith("cuda:") and gpus:
+        gpus = [gpus[int(device[5:]) % len(gpus)]]
     if gpus:
-        count = workers or gpus
-        return [Slot(f"gpu{i}", f"cuda:{i % gpus}", max(1, cpus // count)) for i in range(count)]
+        count = workers or len(gpus)
+        share = max(1, len(cores) // count)
+        return [Slot(f"gpu{i}", "cuda", share, visible_devices=gpus[i % len(gpus)],
+                     cpus=_share(cores, i, count)) for i in range(count)]
     count = workers or 1  # "auto" stays auto: the run itself picks Apple's GPU or the CPU
-    return [Slot(f"cpu{i}", device, max(1, cpus // count)) for i in range(count)]
+    if count == 1:
+        return [Slot("cpu0", device, len(cores))]
+    return [Slot(f"cpu{i}", device, max(1, len(cores) // count), cpus=_share(cores, i, count)) for i in range(count)]
 
 
-def _visible_gpus() -> int:
-    """Number of CUDA devices, without importing torch into the harness (it costs seconds)."""
+def _share(cores: list[int], i: int, count: int) -> tuple:
+    """Slot i's cores out of `count` slots: a contiguous block; with fewer cores than slots, one core, shared."""
+    if len(cores) < count:
+        return (cores[i % len(cores)],)
+    size = len(cores) // count
+    return tuple(cores[i * size:(i + 1) * size])
+
+
+def _visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them, without importing torch into
+    the harness (it costs seconds)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+        names = []
+        for name in (d.strip() for d in visible.split(",")):
+            if not name or name == "-1":
+                break  # CUDA ignores everything from an invalid entry on
+            names.append(name)
+        return names
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.stdout.splitlines() if l.startswith("GPU "))]

@@ -22,7 +22,8 @@ from .gitrepo import Git, GitError
 from .ledger import Ledger
 from .records import Experiment, State
 
-_STATUS = {State.BASELINE: "keep", State.KEPT: "keep", State.DISCARDED: "discard"}
+_STATUS = {State.BASELINE: "keep", State.KEPT: "keep", State.DISCARDED: "discard",
+           State.SUPERSEDED: "discard"}  # won, but another win came first: its change was stacked on that one
 
 
 def tsv(ledger: Ledger, tag: str, metric_name: str) -> str:
@@ -33,7 +34,8 @@ def tsv(ledger: Ledger, tag: str, metric_name: str) -> str:
         peaks = [r.peak_memory_mb for r in e.runs if r.peak_memory_mb]
         memory_gb = max(peaks) / 1024 if peaks else 0.0
         status = _STATUS.get(e.state, "crash")
-        description = e.description if status != "crash" else f"{e.description} [{e.state.value}: {e.reason}]"
+        description = e.description if e.state in (State.BASELINE, State.KEPT, State.DISCARDED) else \
+            f"{e.description} [{e.state.value}: {e.reason}]"
         description = " ".join(description.split())  # one line, no tabs
         rows.append(f"{(e.commit or '-------')[:7]}\t{(e.metric or 0.0):.6f}\t{memory_gb:.1f}\t{status}\t{description}")
     return "\n".join(rows) + "\n"

@@ -15,7 +15,9 @@ _IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearc
 
 # Configuration that makes git run programs (hooks, fsmonitor) is overridden for every harness call:
 # a training run without a sandbox can write into .git, and must not get code run by the harness.
-_NO_PROGRAMS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+# No automatic gc or maintenance either: with several slots, git runs in several worktrees at once.
+_NO_PROGRAMS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0",
+                "-c", "maintenance.auto=false")
 
 
 class GitError(Exception):
@@ -38,6 +40,14 @@ class Git:
         env = {**_IDENTITY, **os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
         return subprocess.run(["git", *_NO_PROGRAMS, "-C", str(self.root), *args], input=input, capture_output=True,
                               text=True, env=env)
+
+    def run_bytes(self, *args: str) -> bytes:
+        """A git command's output as bytes (an archive)."""
+        env = {**_IDENTITY, **os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+        result = subprocess.run(["git", *_NO_PROGRAMS, "-C", str(self.root), *args], capture_output=True, env=env)
+        if result.returncode != 0:
+            raise GitError(f"git {' '.join(args)} failed in {self.root}: {result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
 
     def run(self, *args: str, input: Optional[str] = None, check: bool = True) -> str:
         result = self._exec(*args, input=input)
@@ -134,3 +144,29 @@ class Git:
             added += int(a) if a.isdigit() else 0
             removed += int(r) if r.isdigit() else 0
         return self.run("diff", "--cached", "--no-renames"), added, removed
+
+    # ---------------------------------------------------------------- changes between commits (several slots)
+
+    def patch(self, base: str, commit: Optional[str] = None, context: int = 3) -> str:
+        """The change from `base` to `commit` (None: to what is staged) as a patch `apply_patch` can replay."""
+        options = ("--full-index", "--binary", "--no-renames", f"-U{context}")
+        return self.run("diff", *options, base, commit) if commit else self.run("diff", "--cached", *options, base)
+
+    def apply_patch(self, patch: str, zero_context: bool = False) -> Optional[str]:
+        """Apply `patch` to this worktree and stage it, merging three-way where its context moved (or, for a patch
+        without context lines, where the lines it removes are); None when it applied, else what conflicted (the
+        worktree is then left to be reset)."""
+        how = ("--unidiff-zero",) if zero_context else ("--3way",)
+        result = self._exec("apply", *how, "--index", "--whitespace=nowarn", input=patch)
+        if result.returncode == 0:
+            return None
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        conflicts = [line.split("U ", 1)[1] for line in lines if line.startswith("U ")]
+        if conflicts:
+            return f"conflict in {', '.join(conflicts)}"
+        return lines[-1] if lines else f"git apply exited with code {result.returncode}"
+
+    def files_at(self, commit: str, keep) -> dict[str, str]:
+        """{path: text} of the files of `commit` for which keep(path) is true."""
+        paths = self.run("ls-tree", "-r", "-z", "--name-only", "--full-tree", commit).split("\0")
+        return {path: self.run("show", f"{commit}:{path}") for path in paths if path and keep(path)}

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 from . import scope
@@ -103,3 +104,35 @@ def metric_claim(claimed: Optional[float], measured: Optional[float], name: str,
     shown = f"{measured:.6g}" if measured is not None else "nothing"
     return f"{where} claims {name} {claimed:.6g}; the evaluator measured {shown}; the claim was ignored"
 
+
+
+HARNESS_REFS = ("refs/heads/autoresearch/", "refs/autoresearch/")
+
+
+class RefGuard:
+    """The refs as the harness left them, while runs may be in flight beside the harness's own updates.
+
+    Every ref update the harness makes goes through `update`, so the research branches and experiment refs are
+    compared after a run with what the harness wrote (not with a snapshot from when the run started, which a
+    concurrent keep would make stale); every other ref is compared with the snapshot (`before`).
+    """
+
+    def __init__(self, git: Git):
+        self.git = git
+        self.lock = threading.Lock()
+        self.expected = {ref: sha for ref, sha in git.refs().items() if ref.startswith(HARNESS_REFS)}
+
+    def update(self, ref: str, new: str, old: Optional[str] = None) -> None:
+        with self.lock:
+            self.git.update_ref(ref, new, old)
+            self.expected[ref] = new
+
+    def snapshot(self) -> dict[str, str]:
+        with self.lock:
+            return self.git.refs()
+
+    def restore(self, before: dict[str, str]) -> list[str]:
+        """Put back whatever a run changed (restore_refs); what it had moved, made or deleted."""
+        with self.lock:
+            reference = {ref: sha for ref, sha in before.items() if not ref.startswith(HARNESS_REFS)}
+            return restore_refs(self.git, {**reference, **self.expected})

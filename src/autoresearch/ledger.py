@@ -149,6 +149,14 @@ MIGRATIONS: list[tuple[str, str]] = [
             finished_at REAL NOT NULL
         );
     """),
+    ("005_slots", """
+        ALTER TABLE runs ADD COLUMN slot TEXT;
+        ALTER TABLE runs ADD COLUMN started_at REAL;
+        ALTER TABLE experiments ADD COLUMN slot TEXT;
+        ALTER TABLE experiments ADD COLUMN proposed_on TEXT;
+        ALTER TABLE experiments ADD COLUMN origin INTEGER;
+        CREATE INDEX runs_by_slot ON runs(slot, started_at);
+    """),
     ("006_programs", """
         CREATE TABLE suggestions (
             id INTEGER PRIMARY KEY,
@@ -164,7 +172,7 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 _EXPERIMENT_COLUMNS = ("id, tag, idx, state, parent, commit_sha, description, agent, diff, lines_added, "
                        "lines_removed, reason, knobs, metric, seconds, session_id, created_at, finished_at, "
-                       "effect, effect_se, margin")
+                       "effect, effect_se, margin, slot, proposed_on, origin")
 
 
 class Ledger:
@@ -237,18 +245,19 @@ class Ledger:
     def add_experiment(self, *, tag: str, session_id: Optional[int], state: State, parent: Optional[str],
                        commit: Optional[str], description: str, agent: str, diff: str = "",
                        lines_added: int = 0, lines_removed: int = 0, reason: str = "",
-                       knobs: Optional[dict] = None) -> Experiment:
+                       knobs: Optional[dict] = None, slot: Optional[str] = None, proposed_on: Optional[str] = None,
+                       origin: Optional[int] = None) -> Experiment:
         now = time.time()
         with self._transaction():
             (index,) = self.db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM experiments WHERE tag = ?",
                                        (tag,)).fetchone()
             cursor = self.db.execute(
                 "INSERT INTO experiments (tag, idx, session_id, state, parent, commit_sha, description, agent, "
-                "diff, lines_added, lines_removed, reason, knobs, created_at, finished_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "diff, lines_added, lines_removed, reason, knobs, created_at, finished_at, slot, proposed_on, origin) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tag, index, session_id, State(state).value, parent, commit, description, agent, diff,
                  lines_added, lines_removed, reason, json.dumps(knobs or {}), now,
-                 now if State(state).final else None))
+                 now if State(state).final else None, slot, proposed_on, origin))
             return self.experiment(cursor.lastrowid)
 
     def set_state(self, experiment_id: int, state: State, *, metric: Optional[float] = None,
@@ -278,10 +287,10 @@ class Ledger:
         with self._transaction():
             cursor = self.db.execute(
                 "INSERT INTO runs (experiment_id, seed, state, metric, metrics, seconds, peak_memory_mb, exit_code, "
-                "reason, log_tail, log_path, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reason, log_tail, log_path, finished_at, slot, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run.experiment_id, run.seed, RunState(run.state).value, run.metric, json.dumps(run.metrics),
                  run.seconds, run.peak_memory_mb, run.exit_code, run.reason, run.log_tail, run.log_path,
-                 time.time()))
+                 time.time(), run.slot, run.started_at))
             for flag in run.flags:
                 self._insert_flag(run.experiment_id, cursor.lastrowid, flag)
 
@@ -378,23 +387,43 @@ class Ledger:
             chunk = ids[start:start + 500]
             for row in self.db.execute(
                     "SELECT id, experiment_id, seed, state, metric, metrics, seconds, peak_memory_mb, exit_code, "
-                    f"reason, log_tail, log_path FROM runs WHERE experiment_id IN ({','.join('?' * len(chunk))}) "
+                    f"reason, log_tail, log_path, slot, started_at FROM runs WHERE experiment_id IN ({','.join('?' * len(chunk))}) "
                     "ORDER BY id", chunk):
                 out.setdefault(row[1], []).append(RunRecord(
                     id=row[0], experiment_id=row[1], seed=row[2], state=RunState(row[3]), metric=row[4],
                     metrics=json.loads(row[5]), seconds=row[6], peak_memory_mb=row[7], exit_code=row[8],
-                    reason=row[9], log_tail=row[10], log_path=row[11]))
+                    reason=row[9], log_tail=row[10], log_path=row[11], slot=row[12], started_at=row[13]))
         return {key: tuple(value) for key, value in out.items()}
 
     @staticmethod
     def _experiment(row: tuple, runs: tuple) -> Experiment:
         (id_, tag, idx, state, parent, commit, description, agent, diff, added, removed, reason, knobs, metric,
-         seconds, session_id, created_at, finished_at, effect, effect_se, margin) = row
+         seconds, session_id, created_at, finished_at, effect, effect_se, margin, slot, proposed_on, origin) = row
         return Experiment(id=id_, tag=tag, index=idx, state=State(state), parent=parent, commit=commit,
                           description=description, agent=agent, diff=diff, lines_added=added,
                           lines_removed=removed, reason=reason, knobs=json.loads(knobs), metric=metric,
                           seconds=seconds, session_id=session_id, created_at=created_at,
-                          finished_at=finished_at, effect=effect, effect_se=effect_se, margin=margin, runs=runs)
+                          finished_at=finished_at, effect=effect, effect_se=effect_se, margin=margin, runs=runs,
+                          slot=slot, proposed_on=proposed_on, origin=origin)
+
+    def slot_activity(self, tag: str) -> list[dict]:
+        """Per slot, over the research line's sessions: runs, busy seconds (wall time of its runs), the span from
+        its first run's start to its last run's end, and what runs there now (an experiment left running)."""
+        rows = self.db.execute(
+            "SELECT r.slot, COUNT(*), SUM(r.seconds), MIN(r.started_at), MAX(r.finished_at) FROM runs r "
+            "JOIN experiments e ON e.id = r.experiment_id WHERE e.tag = ? AND r.slot IS NOT NULL "
+            "GROUP BY r.slot ORDER BY r.slot", (tag,)).fetchall()
+        running = dict(self.db.execute(
+            "SELECT slot, idx FROM experiments WHERE tag = ? AND state = ? AND slot IS NOT NULL",
+            (tag, State.RUNNING.value)).fetchall())
+        out = []
+        for slot, runs, busy, first, last in rows:
+            span = (last - first) if first is not None and last is not None else None
+            out.append({"slot": slot, "runs": runs, "busy_seconds": busy or 0.0, "span_seconds": span,
+                        "utilisation": (busy / span) if busy and span else None, "running": running.pop(slot, None)})
+        out += [{"slot": slot, "runs": 0, "busy_seconds": 0.0, "span_seconds": None, "utilisation": None,
+                 "running": idx} for slot, idx in running.items()]
+        return out
 
     # ---------------------------------------------------------------- noise and verifications
 

@@ -24,6 +24,7 @@ class State(str, enum.Enum):
     TIMEOUT = "timeout"
     REJECTED = "rejected"
     INTERRUPTED = "interrupted"
+    SUPERSEDED = "superseded"  # it won against its parent, but a sibling won first: re-applied on top of it (stacked)
 
     @property
     def final(self) -> bool:
@@ -63,6 +64,8 @@ class RunRecord:
     log_path: str = ""
     flags: tuple = ()  # Flag, ...
     id: Optional[int] = None
+    slot: Optional[str] = None  # where it ran (Slot.name)
+    started_at: Optional[float] = None  # wall clock (time.time()) when its first command started
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class Experiment:
     effect_se: Optional[float] = None  # its standard error
     margin: Optional[float] = None  # what the effect had to clear
     runs: tuple = ()
+    slot: Optional[str] = None  # the slot its runs used
+    proposed_on: Optional[str] = None  # the best commit the agent saw, when the change was rebased onto a newer one
+    origin: Optional[int] = None  # stacked: the index of the experiment whose change this re-applies
 
     @property
     def ok(self) -> bool:

@@ -6,7 +6,7 @@ allows it, each command also runs jailed (sandbox.py): no network, the target re
 worktree and output directory, the held-out data hidden from training; and always under the
 [sandbox] resource limits. Its state is decided here: ok, crashed (non-zero exit, a resource
 limit, no metric, NaN), timeout, interrupted, or rejected (the run tampered with what the
-evaluator reads: see integrity.py).
+evaluator reads, see integrity.py, or the evaluator refused the model).
 """
 
 from __future__ import annotations
@@ -82,9 +82,12 @@ class Runner:
             "AUTORESEARCH_SPLIT": spec.split,
             "AUTORESEARCH_CACHE": str(cache_dir()),
             "OMP_NUM_THREADS": str(slot.threads),
+            "MKL_NUM_THREADS": str(slot.threads),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         })
+        if slot.visible_devices is not None:  # a GPU slot sees its own GPU only
+            env["CUDA_VISIBLE_DEVICES"] = slot.visible_devices
         return env
 
     def jail(self, writable: tuple[Path, ...], hidden: tuple[Path, ...] = ()) -> Optional[Jail]:
@@ -108,7 +111,7 @@ class Runner:
         out = spec.directory / "out"
         log = spec.directory / "log.txt"
         out.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
 
         def job(command: str, data: Path, jail: Optional[Jail]) -> JobResult:
             with open(log, "a") as handle:
@@ -122,7 +125,8 @@ class Runner:
         if problem:
             flags.append(Flag("scope", problem))
             return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=RunState.REJECTED, metric=None,
-                             reason=problem, log_path=str(log), flags=tuple(flags))
+                             reason=problem, log_path=str(log), flags=tuple(flags), slot=slot.name,
+                             started_at=started_at)
         train_jail = self.jail((spec.worktree, out), self.held_out())
         result = job(config.commands.train, self.target.data / "train", train_jail)
         peak = result.peak_rss_mb
@@ -176,7 +180,8 @@ class Runner:
         return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=state, metric=metric,
                          metrics=metrics, seconds=time.monotonic() - started,
                          peak_memory_mb=metrics.get("peak_memory_mb") or peak, exit_code=result.exit_code,
-                         reason=reason, log_tail=text[-LOG_TAIL_CHARS:], log_path=str(log), flags=tuple(flags))
+                         reason=reason, log_tail=text[-LOG_TAIL_CHARS:], log_path=str(log), flags=tuple(flags),
+                         slot=slot.name, started_at=started_at)
 
     def _tampering(self, spec: RunSpec, before: bool) -> Optional[str]:
         """Before training: is the commit and worktree what was approved? After: did training change them?"""

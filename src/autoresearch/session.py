@@ -74,6 +74,7 @@ class Session:
     protected: Optional[dict] = None  # {path: blob} of the protected files at the research line's base
     lock: Optional[IO] = None  # held while the session lives; the OS releases it if the process dies
     limits: LimitsSection = LimitsSection()  # agent spend and wall-clock caps of this session
+    refs: Optional[integrity.RefGuard] = None  # every ref update of the harness, so runs can be checked against it
 
     @property
     def branch(self) -> str:
@@ -99,6 +100,7 @@ class Session:
         try:
             session._ensure_tag()
             session._recover()
+            session.refs = integrity.RefGuard(git)
             session.protected = integrity.protected_blobs(git, ledger.tag(tag)["base_commit"], target.config)
             session.session_id = ledger.start_session(tag, agent_name, str(session.budget), sys.argv, os.getpid())
         except BaseException:
@@ -148,13 +150,24 @@ class Session:
     def _experiment_ref(self, experiment: Experiment) -> str:
         return f"refs/autoresearch/{self.tag}/{experiment.index}"
 
+    def update_ref(self, ref: str, new: str, old: Optional[str] = None) -> None:
+        """Every ref the harness moves once the session is open (compare-and-swap with `old`)."""
+        if self.refs is None:
+            self.target.git.update_ref(ref, new, old)
+        else:
+            self.refs.update(ref, new, old)
+
     # ---------------------------------------------------------------- the loop
 
-    def run(self, experiments: Optional[int] = None, final_test: bool = True) -> str:
+    def run(self, experiments: Optional[int] = None, final_test: bool = True, pipeline: Optional[bool] = None) -> str:
         """Run the baseline if needed, then `experiments` experiments (None: until stopped or a limit is
-        reached), then the held-out test of the best commit (unless stopped by the user)."""
+        reached), then the held-out test of the best commit (unless stopped by the user).
+
+        With several slots (or `pipeline`), experiments run concurrently, one per slot, and the agent proposes
+        while they train (scheduler.py); with one slot, one experiment after the other."""
         started = time.monotonic()
-        slot = self.executor.slots()[0]
+        slots = self.executor.slots()
+        slot = slots[0]
         worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
         reason = "stopped"
         control.clear(self.target.state)  # a pause or stop left from an earlier session does not apply
@@ -164,7 +177,12 @@ class Session:
                 if baseline.state is not State.BASELINE:
                     reason = f"the baseline failed ({baseline.reason}); fix the target and run again"
                     raise SessionError(reason)
-            reason = self._loop(worktree, slot, experiments, started)
+            if len(slots) > 1 or pipeline:
+                from .scheduler import Scheduler
+
+                reason = Scheduler(self, slots).run(experiments, started)
+            else:
+                reason = self._loop(worktree, slot, experiments, started)
             self.say(reason)
             if final_test and experiments != 0 and not reason.startswith(STOPPED):
                 self.heldout_test(self.target.config.judge.final_test_seeds)
@@ -204,8 +222,8 @@ class Session:
         worktree.reset_to(commit)
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=None, commit=commit,
-            description="baseline", agent="harness", knobs=self._knob_values(worktree.root))
-        self.target.git.update_ref(self._experiment_ref(experiment), commit)
+            description="baseline", agent="harness", knobs=self._knob_values(worktree.root), slot=slot.name)
+        self.update_ref(self._experiment_ref(experiment), commit)
         runs = judge.runs_wanted(self.target.config, baseline=True)
         self.say(f"#{experiment.index} baseline {commit[:9]} ({self.budget}, {runs} run{'s' * (runs > 1)}: "
                  f"{'calibrating the noise' if self.target.config.judge.rule == 'statistical' else 'fixed seeds'})")
@@ -247,13 +265,18 @@ class Session:
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=parent.commit, commit=commit,
             description=proposal.description, agent=proposer, diff=diff, lines_added=added,
-            lines_removed=removed, knobs=self._knob_values(worktree.root))
+            lines_removed=removed, knobs=self._knob_values(worktree.root), slot=slot.name)
         self._took(proposal, self._spent(experiment, usage))
-        self.target.git.update_ref(self._experiment_ref(experiment), commit)
+        self.update_ref(self._experiment_ref(experiment), commit)
         return self._execute(experiment, worktree, slot, best=parent)
 
     def _execute(self, experiment: Experiment, worktree: Git, slot: Slot, best: Optional[Experiment]) -> Experiment:
         """Run seeds until the judge decides, then record the decision and move the branch on a keep."""
+        decision, runs = self.judged(experiment, worktree, slot, best)
+        return self.finish(experiment, decision, runs, best)
+
+    def judged(self, experiment: Experiment, worktree: Git, slot: Slot, best: Optional[Experiment]):
+        """Run seeds until the judge decides (an implausible keep confirmed or not): (decision, runs)."""
         config = self.target.config
         runs: list = []
         decision = None
@@ -273,12 +296,17 @@ class Session:
         except KeyboardInterrupt:
             self.ledger.set_state(experiment.id, State.INTERRUPTED, reason="stopped by the user while it ran")
             raise
+        return decision, runs
+
+    def finish(self, experiment: Experiment, decision: "judge.Decision", runs: list,
+               best: Optional[Experiment]) -> Experiment:
+        """Record the decision; a keep moves the branch from `best` (compare-and-swap)."""
         seconds = sum(run.seconds for run in runs)
         finished = self.ledger.set_state(experiment.id, decision.state, metric=decision.metric, reason=decision.reason,
                                          seconds=seconds, effect=decision.effect, effect_se=decision.se,
                                          margin=decision.margin)
         if decision.state is State.KEPT:
-            self.target.git.update_ref(f"refs/heads/{self.branch}", experiment.commit, best.commit)
+            self.update_ref(f"refs/heads/{self.branch}", experiment.commit, best.commit)
         if decision.state is State.BASELINE:
             self._record_noise(finished)
         self._report(finished, best)
@@ -293,9 +321,9 @@ class Session:
             directory = self.target.runs / self.tag / f"{experiment.index:05d}" / f"seed{seed}"
         spec = RunSpec(experiment.id if experiment else 0, worktree.root, seed, budget or self.budget,
                        self._timeout(budget), directory, split=split, commit=commit)
-        refs = self.target.git.refs()
-        run = Runner(self.target, self.executor, self.protected).run(spec, slot)
-        moved = integrity.restore_refs(self.target.git, refs)
+        refs = self.refs.snapshot() if self.refs else self.target.git.refs()
+        run = self.executor.execute(Runner(self.target, self.executor, self.protected), spec, slot)
+        moved = self.refs.restore(refs) if self.refs else integrity.restore_refs(self.target.git, refs)
         if moved:
             problem = f"the run changed git refs: {'; '.join(moved)} (put back)"
             run = dataclasses.replace(run, state=RunState.REJECTED, metric=None, reason=problem,
@@ -440,11 +468,11 @@ class Session:
         return experiment
 
     def _reject(self, parent: Experiment, proposal: Proposal, reason: str, diff: str = "", added: int = 0,
-                removed: int = 0, agent: Optional[str] = None) -> Experiment:
+                removed: int = 0, agent: Optional[str] = None, **where) -> Experiment:
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.REJECTED, parent=parent.commit, commit=None,
             description=proposal.description, agent=agent or self.agent_name, diff=diff, lines_added=added,
-            lines_removed=removed, reason=reason)
+            lines_removed=removed, reason=reason, **where)  # where: slot, proposed_on, origin
         self._report(experiment, parent)
         return experiment
 

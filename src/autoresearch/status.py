@@ -18,8 +18,10 @@ def experiment_dict(e: Experiment) -> dict:
         "description": e.description, "seconds": e.seconds, "agent": e.agent, "reason": e.reason,
         "lines_added": e.lines_added, "lines_removed": e.lines_removed, "knobs": e.knobs,
         "effect": e.effect, "effect_se": e.effect_se, "margin": e.margin,
+        "slot": e.slot, "proposed_on": e.proposed_on, "origin": e.origin,
         "runs": [{"seed": r.seed, "state": r.state.value, "metric": r.metric, "seconds": r.seconds,
-                  "peak_memory_mb": r.peak_memory_mb, "reason": r.reason, "log": r.log_path} for r in e.runs],
+                  "peak_memory_mb": r.peak_memory_mb, "reason": r.reason, "log": r.log_path, "slot": r.slot,
+                  "started_at": r.started_at} for r in e.runs],
     }
 
 
@@ -53,6 +55,7 @@ def status_dict(ledger: Ledger, tag: str, config: Config) -> dict:
                          "text": constraints.describe(c, _baseline_value(baseline, c.metric))}
                         for c in config.constraints],
         "suggestions": ledger.suggestions(tag),
+        "slots": ledger.slot_activity(tag),
     }
 
 
@@ -107,6 +110,13 @@ def render(status: dict) -> str:
                      f"{spend['cache_write_tokens']:,} cache write, {spend['output_tokens']:,} out")
     if status.get("constraints"):
         lines.append("constraints: " + "; ".join(c["text"] for c in status["constraints"]))
+    slots = status.get("slots") or []
+    if len(slots) > 1 or any(s["running"] is not None for s in slots):
+        lines.append("slots:")
+        for s in slots:
+            share = f", {s['utilisation']:.0%} of the time busy" if s["utilisation"] is not None else ""
+            now = f"; now #{s['running']}" if s["running"] is not None else "; idle"
+            lines.append(f"  {s['slot']:<6} {s['runs']} runs, {s['busy_seconds']:.0f}s in runs{share}{now}")
     lines.append("")
     lines.append("kept chain:")
     by_id = {e["id"]: e for e in status["experiments"]}

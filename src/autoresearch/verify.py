@@ -118,7 +118,7 @@ def compare(session: "Session", worktree: "Git", slot: "Slot", baseline_commit: 
     ledger = session.ledger
     verification = ledger.start_verification(session.tag, kind, settings, commits["baseline"], commits["candidate"])
     for role, commit in commits.items():
-        session.target.git.update_ref(f"refs/autoresearch/{session.tag}/verify/{verification}/{role}", commit)
+        session.update_ref(f"refs/autoresearch/{session.tag}/verify/{verification}/{role}", commit)
     session.say(f"verify #{verification} ({kind}): baseline {commits['baseline'][:9]} vs candidate "
                 f"{commits['candidate'][:9]}, {split} split, {budget}, seeds {seeds}"
                 + (f", scaled {', '.join(map(str, scales))}" if scales else ""))

@@ -37,6 +37,7 @@ class Context:
     baseline: Experiment
     history: tuple[Experiment, ...]  # every experiment of this research line, oldest first
     suggestions: tuple[Suggestion, ...] = ()  # what the human asked this proposal to consider (`autoresearch suggest`)
+    pending: tuple["Proposal", ...] = ()  # proposals made but not yet recorded (several slots): propose others
 
 
 @dataclass(frozen=True)

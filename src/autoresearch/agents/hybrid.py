@@ -46,7 +46,7 @@ class HybridAgent(Agent):
         self._search_key: Optional[tuple] = None
 
     def propose(self, context: Context) -> Proposal:
-        if not context.suggestions and self._search_turn(context.history):  # a suggestion is the LLM's to take up
+        if not context.suggestions and self._search_turn(context.history, context.pending):  # a suggestion is the LLM's
             try:
                 return self._tune(context)
             except AgentExhausted:
@@ -56,16 +56,18 @@ class HybridAgent(Agent):
 
     # ---------------------------------------------------------------- whose turn
 
-    def _search_turn(self, history: tuple[Experiment, ...]) -> bool:
-        """LLM, then search_per_llm search proposals, then the LLM again (experiments by anyone else end a run)."""
+    def _search_turn(self, history: tuple[Experiment, ...], pending: tuple = ()) -> bool:
+        """LLM, then search_per_llm search proposals, then the LLM again (experiments by anyone else end a run);
+        proposals still waiting for a slot count as made."""
         if self.settings.search_per_llm == 0:
             return False
-        proposed = [e for e in history if e.state is not State.BASELINE]
+        proposed = [e.agent for e in history if e.state is not State.BASELINE]
+        proposed += [p.meta.get("agent") for p in pending]
         if not proposed:
             return False
         trailing = 0
-        for experiment in reversed(proposed):
-            if experiment.agent != self.search_name:
+        for agent in reversed(proposed):
+            if agent != self.search_name:
                 break
             trailing += 1
         return trailing < self.settings.search_per_llm

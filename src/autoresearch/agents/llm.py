@@ -107,9 +107,16 @@ def suggestions_text(context: Context) -> str:
 
 
 def memory_text(context: Context, settings: AgentSection) -> str:
-    return suggestions_text(context) + "## Research memory\n\n" + memory.build(
+    text = suggestions_text(context) + "## Research memory\n\n" + memory.build(
         context.history, metric=context.config.metric.name, minimize=context.config.minimize,
         min_effect=context.config.judge.min_effect, budget=settings.memory_chars, recent=settings.memory_experiments)
+    running = [e for e in context.history if not e.state.final]
+    if running or context.pending:  # several slots: propose something else than what is already on its way
+        lines = [f"- #{e.index} (running): {one_line(e.description)}" for e in running]
+        lines += [f"- (waiting for a slot): {one_line(p.description)}" for p in context.pending]
+        text += ("\n\n## In flight now\n\nThese changes are being tried at this moment; propose a different "
+                 "idea, not one of these again:\n" + "\n".join(lines[:40]))
+    return text
 
 
 def one_line(text: str, limit: int = HYPOTHESIS_CHARS) -> str:

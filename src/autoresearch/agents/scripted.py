@@ -9,8 +9,8 @@
 "{suggestion}" in a description stands for the text of the suggestion the proposal was given
 (`autoresearch suggest`; empty when there is none), which the proposal then counts as taken up.
 
-Its position in the script is the number of experiments it already has in the ledger, so a
-resumed session continues with the next proposal, never repeating or skipping one.
+Its position in the script is the number of experiments it already has in the ledger (and of its proposals
+still waiting for a slot), so a resumed session continues with the next proposal, never repeating or skipping one.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class ScriptedAgent(Agent):
             raise ValueError(f"{script}: expected a JSON list of proposals")
 
     def propose(self, context: Context) -> Proposal:
-        position = sum(1 for e in context.history if e.agent == self.name)
+        position = (sum(1 for e in context.history if e.agent == self.name)
+                    + sum(1 for p in context.pending if p.meta.get("agent") == self.name))  # made, not yet recorded
         if position >= len(self.steps):
             raise AgentExhausted(f"the script's {len(self.steps)} proposals are all done")
         step = self.steps[position]
@@ -58,4 +59,4 @@ class ScriptedAgent(Agent):
         description = step.get("description", f"scripted proposal {position + 1}")
         given = " / ".join(suggestion.text for suggestion in context.suggestions)
         return Proposal(description.replace("{suggestion}", given), writes,
-                        meta={"suggestions": [suggestion.id for suggestion in context.suggestions]})
+                        meta={"agent": self.name, "suggestions": [suggestion.id for suggestion in context.suggestions]})

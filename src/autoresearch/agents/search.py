@@ -56,11 +56,16 @@ class SearchAgent(Agent):
         distributions = {k.name: _distribution(k) for k in knobs}
         study = self._study(context, {k.name: k for k in knobs}, distributions)
         current = {k.name: knob_edit.read(context.files[k.file], k.name) for k in knobs}
-        seen = {self._key(e.knobs) for e in context.history if e.knobs}
-        seed = zlib.crc32(context.parent.tag.encode()) + len(context.history)
+        # in flight: running in a slot, or proposed and waiting for one; never proposed twice, and told to TPE
+        # as running trials (the constant liar) so that what runs at once is spread out
+        in_flight = [e.knobs for e in context.history if not e.state.final and e.knobs]
+        in_flight += [p.meta["knobs"] for p in context.pending if isinstance(p.meta.get("knobs"), dict)]
+        seen = {self._key(e.knobs) for e in context.history if e.knobs} | {self._key(v) for v in in_flight}
+        seed = zlib.crc32(context.parent.tag.encode()) + len(context.history) + len(context.pending)
+        liars = self._pretend_running(study, in_flight, distributions, by_name={k.name: k for k in knobs})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for multivariate TPE
-            study.sampler = self.optuna.samplers.TPESampler(seed=seed, multivariate=True,
+            study.sampler = self.optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=bool(liars),
                                                             n_startup_trials=min(8, 2 * len(knobs) + 2))
             for _ in range(_MAX_TRIES):
                 trial = study.ask(distributions)
@@ -70,6 +75,8 @@ class SearchAgent(Agent):
                     break
             else:
                 values = self._nudge(current, knobs, random.Random(seed))
+        for number in liars:  # their real outcomes are told when they finish
+            study.tell(number, state=self.optuna.trial.TrialState.FAIL)
         files = dict(context.files)
         for knob in knobs:
             files[knob.file] = knob_edit.set_value(files[knob.file], knob.name, values[knob.name])
@@ -90,7 +97,7 @@ class SearchAgent(Agent):
                       if name in by_name and _within(by_name[name], value)}
             if not params:
                 continue
-            if experiment.ok and experiment.state in (State.BASELINE, State.KEPT, State.DISCARDED):
+            if experiment.ok and experiment.state in (State.BASELINE, State.KEPT, State.DISCARDED, State.SUPERSEDED):
                 trial = self.optuna.trial.create_trial(
                     params=params, distributions={n: distributions[n] for n in params}, value=experiment.metric)
             elif experiment.state in (State.CRASHED, State.TIMEOUT):
@@ -101,6 +108,19 @@ class SearchAgent(Agent):
                 continue
             self.study.add_trial(trial)
         return self.study
+
+    def _pretend_running(self, study, in_flight: list[dict], distributions: dict, by_name: dict) -> list[int]:
+        """Add the in-flight points as running trials; their trial numbers."""
+        numbers = []
+        for values in in_flight:
+            params = {n: v for n, v in values.items() if n in by_name and _within(by_name[n], v)}
+            if not params:
+                continue
+            study.add_trial(self.optuna.trial.create_trial(
+                params=params, distributions={n: distributions[n] for n in params},
+                state=self.optuna.trial.TrialState.RUNNING))
+            numbers.append(len(study.trials) - 1)
+        return numbers
 
     @staticmethod
     def _rounded(value):
