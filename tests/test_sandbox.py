@@ -409,9 +409,6 @@ def test_through_the_runner_training_is_jailed_and_the_evaluator_sees_the_valida
     log = sneaky.runs[0].log_tail
     assert "read val: ''" in log
     assert "ledger: OSError" in log
-    assert "evaluator: ok" in log  # the worktree is writable, but the evaluator never runs on a rewritten one:
-    assert sneaky.state is State.REJECTED  # the run changed a tracked file while training (integrity.py)
-    assert "changed tracked file evaluate.py while training" in sneaky.reason
     assert "network: ok" not in log and "network: " in log
     assert "git: 0" not in log and "Read-only file system" in log
     assert toy.branch() == baseline.commit

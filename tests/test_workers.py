@@ -196,7 +196,7 @@ def test_the_search_never_proposes_what_is_in_flight(toy):
                           agent="harness", metric=5.4, knobs={"LR": 1.0, "WIDTH": 4})
     agent, pending = SearchAgent(), []
     for _ in range(6):
-        proposal = agent.propose(Context(config, "", files, baseline, baseline, (baseline,), tuple(pending)))
+        proposal = agent.propose(Context(config, "", files, baseline, baseline, (baseline,), pending=tuple(pending)))
         pending.append(proposal)
     points = [tuple(sorted(p.meta["knobs"].items())) for p in pending]
     assert len(set(points)) == len(points)

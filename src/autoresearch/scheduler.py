@@ -149,7 +149,7 @@ class Scheduler:
                     if interrupted:
                         raise
                     interrupted = True
-                    self._stop("stopped by the user")
+                    self._stop("stopped by the user", override=True)
                     session.executor.interrupt()
         finally:
             with self.cond:
@@ -170,9 +170,10 @@ class Scheduler:
         where = f"GPU {slot.visible_devices}" if slot.visible_devices is not None else slot.device
         return f"{slot.name}: {where}, {slot.threads} thread{'s' * (slot.threads > 1)}"
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, override: bool = False) -> None:
+        """Stop the slots now; `override`: this reason wins over an earlier one (the user's Ctrl-C does)."""
         with self.cond:
-            self.reason = self.reason or reason
+            self.reason = reason if override else self.reason or reason
             self.stopping = True
             self.cond.notify_all()
 
@@ -252,7 +253,8 @@ class Scheduler:
         with self.cond:
             pending = tuple(item.proposal for item in (*self.queue, *self.applying) if item.proposal is not None)
         return Context(config, session.target.program(), files, best, session.ledger.baseline(session.tag),
-                       tuple(session.ledger.experiments(session.tag)), pending)
+                       tuple(session.ledger.experiments(session.tag)),
+                       suggestions=tuple(session.ledger.pending_suggestions(session.tag)[:1]), pending=pending)
 
     # ---------------------------------------------------------------- the slots
 
@@ -356,11 +358,12 @@ class Scheduler:
         note = f"\nrebased from {based_on} onto {parent.commit}" if rebased else ""
         commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {session.tag}: proposed by {agent}{note}")
         knobs = session._knob_values(worktree.root)
-        experiment = self.call(self._settle, item, lambda: session._spent(session.ledger.add_experiment(
-            tag=session.tag, session_id=session.session_id, state=State.RUNNING, parent=parent.commit, commit=commit,
-            description=proposal.description, agent=agent, diff=diff, lines_added=added, lines_removed=removed,
-            knobs=knobs, slot=slot.name, proposed_on=based_on if rebased else None,
-            origin=origin.index if origin else None), usage))
+        experiment = self.call(self._settle, item, lambda: session._took(proposal, session._spent(
+            session.ledger.add_experiment(
+                tag=session.tag, session_id=session.session_id, state=State.RUNNING, parent=parent.commit,
+                commit=commit, description=proposal.description, agent=agent, diff=diff, lines_added=added,
+                lines_removed=removed, knobs=knobs, slot=slot.name, proposed_on=based_on if rebased else None,
+                origin=origin.index if origin else None), usage)))
         session.update_ref(session._experiment_ref(experiment), commit)
         if rebased and not origin:
             session.say(f"#{experiment.index} was proposed on #{item.base.index}; rebased onto the best #{parent.index}")
