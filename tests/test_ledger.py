@@ -43,6 +43,22 @@ def test_reopening_migrates_nothing_twice_and_keeps_the_data(tmp_path):
     assert again.db.execute("SELECT COUNT(*) FROM migrations").fetchone()[0] == len(MIGRATIONS)
 
 
+def _open_and_close(path):
+    Ledger(path).close()
+
+
+def test_processes_opening_a_fresh_ledger_at_once_migrate_it_once(tmp_path):
+    # A session creates the ledger while `status` or the dashboard opens it: both must come out migrated.
+    import multiprocessing
+
+    path = tmp_path / "ledger.sqlite"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        pool.map(_open_and_close, [path] * 12)
+    names = [row[0] for row in sqlite3.connect(path).execute("SELECT name FROM migrations ORDER BY name")]
+    assert names == [name for name, _ in MIGRATIONS]
+
+
 def test_indexes_count_from_zero_per_tag(ledger):
     ledger.create_tag("u", "autoresearch/u", BASE)
     indexes = [add(ledger, State.REJECTED, tag=tag).index for tag in ("t", "t", "u", "t", "u")]

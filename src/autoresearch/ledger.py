@@ -193,12 +193,15 @@ class Ledger:
     # ---------------------------------------------------------------- schema
 
     def _migrate(self) -> None:
-        self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-        done = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
-        for name, sql in MIGRATIONS:
-            if name in done:
-                continue
-            with self._transaction():
+        # One write transaction for the check and the migrations: a second process opening a fresh ledger
+        # at the same moment (a reader, `status`, a dashboard) waits for the lock and then sees them done,
+        # instead of both reading "not applied" and the second failing on "table already exists".
+        with self._transaction():
+            self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+            done = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
                 for statement in sql.split(";"):
                     if statement.strip():
                         self.db.execute(statement)
