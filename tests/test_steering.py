@@ -147,3 +147,28 @@ def test_a_stop_with_no_session_running_does_not_stop_the_next_one(toy, cli):
     assert stopped.code == 0 and "no session is running on this target" in stopped.out
     assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
     assert [e.state for e in toy.experiments()] == [State.BASELINE, State.KEPT]
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+def test_the_dashboard_shows_suggestions_with_their_outcomes_and_takes_new_ones(toy, cli):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from autoresearch.serve import create_app
+    from autoresearch.target import Target
+
+    cli("suggest", "-C", toy.root, "raise the learning rate")
+    assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
+    client = TestClient(create_app(Target.open(toy.root)), base_url="http://127.0.0.1")
+    posted = client.post("/api/suggest", json={"text": "  now widen\nthe model "}, headers={"X-Autoresearch": "control"})
+    assert posted.status_code == 200 and posted.json()["text"] == "now widen the model"
+    assert client.post("/api/suggest", json={"text": "no header"}).status_code == 403
+    assert client.post("/api/suggest", json={"text": " "}, headers={"X-Autoresearch": "control"}).status_code == 400
+    shown = client.get("/api/summary").json()["suggestions"]
+    assert [(s["text"], s["experiment"], s["state"]) for s in shown] == [
+        ("raise the learning rate", 1, "kept"), ("now widen the model", None, None)]
+    assert shown[1]["source"] == "dashboard"
+    page = client.get("/").text
+    assert 'id="suggestions"' in page and "api/suggest" in page
