@@ -3,6 +3,7 @@ outcome; `autoresearch pause`, `resume` and `stop` act between experiments."""
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -10,7 +11,7 @@ from autoresearch.agents.llm import memory_text
 from autoresearch.config import AgentSection
 from autoresearch.records import State, Suggestion
 from standin import context_for
-from toy import TAG, run_cli, wait_for
+from toy import TAG, wait_for
 
 LR_2 = {"description": "as asked: {suggestion}", "knobs": {"LR": 2.0}}
 LR_3 = {"description": "then: {suggestion}", "knobs": {"LR": 3.0}}
@@ -75,7 +76,6 @@ def test_the_llm_agents_see_the_suggestion_above_their_memory(toy):
     context = context_for(toy.root)
     plain = memory_text(context, AgentSection())
     assert "suggestion" not in plain.lower()
-    from dataclasses import replace
     asked = memory_text(replace(context, suggestions=(Suggestion(7, "use a cosine\nschedule"),)), AgentSection())
     assert asked.startswith("## A suggestion from the human, for this proposal")
     assert "- use a cosine schedule\n" in asked and asked.index("use a cosine") < asked.index("## Research memory")
@@ -113,10 +113,6 @@ def test_an_empty_suggestion_is_a_usage_error(toy, cli):
 # ---------------------------------------------------------------- pause, resume, stop
 
 
-def sessions(toy):
-    return toy.sessions()
-
-
 def test_pause_holds_between_experiments_resume_goes_on_stop_ends_cleanly(make_toy, spawn_cli, tmp_path, cli):
     toy = make_toy(sleep=0.3)
     log = tmp_path / "harness.log"
@@ -136,7 +132,7 @@ def test_pause_holds_between_experiments_resume_goes_on_stop_ends_cleanly(make_t
 
     assert cli("stop", "-C", toy.root).code == 0
     assert process.wait(timeout=60) == 0, log.read_text()
-    (session,) = sessions(toy)
+    (session,) = toy.sessions()
     assert session["end_reason"].startswith("stopped on request (control file)")
     assert all(e.state.final for e in toy.experiments()) and len(toy.experiments()) < len(steps) + 1
     assert toy.branch() == toy.best().commit
