@@ -168,3 +168,14 @@ def test_the_dashboard_shows_suggestions_with_their_outcomes_and_takes_new_ones(
     assert shown[1]["source"] == "dashboard"
     page = client.get("/").text
     assert 'id="suggestions"' in page and "api/suggest" in page
+
+
+def test_the_hybrid_gives_a_waiting_suggestion_to_its_llm_not_to_the_search(toy, cli):
+    cli("suggest", "-C", toy.root, "first idea")
+    cli("suggest", "-C", toy.root, "second idea")
+    result = cli("run", "-C", toy.root, "--tag", TAG, "--agent", "scripted+search", "--experiments", "2",
+                 *toy.scripted([LR_2, LR_3])[2:])
+    assert result.code == 0, result.text
+    data = status(cli, toy)
+    assert [(e["agent"], e["description"]) for e in data["experiments"][1:]] == [
+        ("scripted", "as asked: first idea"), ("scripted", "then: second idea")]  # the search's turn went to the LLM
