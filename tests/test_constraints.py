@@ -5,7 +5,7 @@ import json
 import pytest
 
 from autoresearch.config import ConfigError, load
-from toy import CONFIG, TRAIN, build_toy
+from toy import CONFIG, TRAIN
 
 # the toy, also reporting a "memory" that grows with WIDTH and a "speed" that falls with it
 TRAIN_MEASURED = TRAIN.replace('print(f"score:', 'print(f"memory: {{WIDTH * 100}}")\nprint(f"speed: {{100 / WIDTH}}")\n'

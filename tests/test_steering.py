@@ -3,6 +3,7 @@ outcome; `autoresearch pause`, `resume` and `stop` act between experiments."""
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -10,7 +11,7 @@ from autoresearch.agents.llm import memory_text
 from autoresearch.config import AgentSection
 from autoresearch.records import State, Suggestion
 from standin import context_for
-from toy import TAG, run_cli, wait_for
+from toy import TAG, wait_for
 
 LR_2 = {"description": "as asked: {suggestion}", "knobs": {"LR": 2.0}}
 LR_3 = {"description": "then: {suggestion}", "knobs": {"LR": 3.0}}
@@ -75,7 +76,6 @@ def test_the_llm_agents_see_the_suggestion_above_their_memory(toy):
     context = context_for(toy.root)
     plain = memory_text(context, AgentSection())
     assert "suggestion" not in plain.lower()
-    from dataclasses import replace
     asked = memory_text(replace(context, suggestions=(Suggestion(7, "use a cosine\nschedule"),)), AgentSection())
     assert asked.startswith("## A suggestion from the human, for this proposal")
     assert "- use a cosine schedule\n" in asked and asked.index("use a cosine") < asked.index("## Research memory")
@@ -113,10 +113,6 @@ def test_an_empty_suggestion_is_a_usage_error(toy, cli):
 # ---------------------------------------------------------------- pause, resume, stop
 
 
-def sessions(toy):
-    return toy.sessions()
-
-
 def test_pause_holds_between_experiments_resume_goes_on_stop_ends_cleanly(make_toy, spawn_cli, tmp_path, cli):
     toy = make_toy(sleep=0.3)
     log = tmp_path / "harness.log"
@@ -136,7 +132,7 @@ def test_pause_holds_between_experiments_resume_goes_on_stop_ends_cleanly(make_t
 
     assert cli("stop", "-C", toy.root).code == 0
     assert process.wait(timeout=60) == 0, log.read_text()
-    (session,) = sessions(toy)
+    (session,) = toy.sessions()
     assert session["end_reason"].startswith("stopped on request (control file)")
     assert all(e.state.final for e in toy.experiments()) and len(toy.experiments()) < len(steps) + 1
     assert toy.branch() == toy.best().commit
@@ -147,3 +143,39 @@ def test_a_stop_with_no_session_running_does_not_stop_the_next_one(toy, cli):
     assert stopped.code == 0 and "no session is running on this target" in stopped.out
     assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
     assert [e.state for e in toy.experiments()] == [State.BASELINE, State.KEPT]
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+def test_the_dashboard_shows_suggestions_with_their_outcomes_and_takes_new_ones(toy, cli):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from autoresearch.serve import create_app
+    from autoresearch.target import Target
+
+    cli("suggest", "-C", toy.root, "raise the learning rate")
+    assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
+    client = TestClient(create_app(Target.open(toy.root)), base_url="http://127.0.0.1")
+    posted = client.post("/api/suggest", json={"text": "  now widen\nthe model "}, headers={"X-Autoresearch": "control"})
+    assert posted.status_code == 200 and posted.json()["text"] == "now widen the model"
+    assert client.post("/api/suggest", json={"text": "no header"}).status_code == 403
+    assert client.post("/api/suggest", json={"text": " "}, headers={"X-Autoresearch": "control"}).status_code == 400
+    shown = client.get("/api/summary").json()["suggestions"]
+    assert [(s["text"], s["experiment"], s["state"]) for s in shown] == [
+        ("raise the learning rate", 1, "kept"), ("now widen the model", None, None)]
+    assert shown[1]["source"] == "dashboard"
+    page = client.get("/").text
+    assert 'id="suggestions"' in page and "api/suggest" in page
+
+
+def test_the_hybrid_gives_a_waiting_suggestion_to_its_llm_not_to_the_search(toy, cli):
+    cli("suggest", "-C", toy.root, "first idea")
+    cli("suggest", "-C", toy.root, "second idea")
+    result = cli("run", "-C", toy.root, "--tag", TAG, "--agent", "scripted+search", "--experiments", "2",
+                 *toy.scripted([LR_2, LR_3])[2:])
+    assert result.code == 0, result.text
+    data = status(cli, toy)
+    assert [(e["agent"], e["description"]) for e in data["experiments"][1:]] == [
+        ("scripted", "as asked: first idea"), ("scripted", "then: second idea")]  # the search's turn went to the LLM

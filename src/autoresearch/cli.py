@@ -450,8 +450,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--template", default="gpt", help="built-in target (default: gpt)")
     p.add_argument("--program", default="train", metavar="NAME",
-                   help="what the agent researches: " + "; ".join(f"{p.name}: {p.summary}" for p in
-                                                                  _programs().values()) + " (default: train)")
+                   help=f"what the agent researches: {', '.join(_programs())} (default: train; docs/programs/)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("prepare", parents=[common], help="make the data and tokenizer the target needs")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import control
+from . import constraints, control
 from .budget import Budget
 from .config import Config
 from .ledger import Ledger
@@ -114,6 +114,9 @@ def summary(ledger: Ledger, tag: str, target: Target, experiments: Optional[list
         "seconds": sum(e.seconds or 0 for e in experiments),
         "cost": (extra.get("cost") or {}).get("total"), "flags": len(extra.get("flags", [])),
         "noise": extra.get("noise"), "session": session_state(ledger, tag, target.state),
+        "suggestions": ledger.suggestions(tag) if hasattr(ledger, "suggestions") else [],
+        "constraints": [constraints.describe(c, constraints.mean(baseline.runs, c.metric) if baseline else None)
+                        for c in getattr(config, "constraints", [])],
     }
 
 

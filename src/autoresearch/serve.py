@@ -143,6 +143,17 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
         with line() as (ledger, name):
             return _json({"slots": observe.in_flight(target, ledger, name) if name else []})
 
+    @app.post("/api/suggest")
+    async def suggest(request: Request):
+        text = " ".join(str((await request.json()).get("text", "")).split())
+        if not text:
+            raise HTTPException(400, "say what to suggest: {\"text\": \"try a cosine schedule\"}")
+        with line() as (ledger, name):
+            if ledger is None:
+                raise HTTPException(409, "no research yet: `autoresearch run` starts a research line")
+            suggestion = ledger.add_suggestion(text, name, source="dashboard")
+        return _json({"id": suggestion.id, "text": text, "tag": name})
+
     @app.post("/api/control/{command}")
     def command(command: str):
         if command not in control.COMMANDS:

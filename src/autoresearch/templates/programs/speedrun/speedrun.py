@@ -99,6 +99,7 @@ def tokens_to_target(curve, target, total):
 
 def train():
     """train.py with the checkpoint schedule of this protocol."""
+    horizon(os.environ)  # a token budget, or nothing to train for
     os.environ["AUTORESEARCH_CHECKPOINTS"] = str(CHECKPOINTS)
     os.execv(sys.executable, [sys.executable, "train.py", *sys.argv[2:]])
 
