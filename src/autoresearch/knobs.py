@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from . import pyast
+
 
 class KnobError(ValueError):
     pass
@@ -31,7 +33,7 @@ def _assignment(tree: ast.Module, name: str) -> ast.expr:
 
 def read(source: str, name: str) -> Any:
     """The literal value of constant `name` (arithmetic of literals such as `2**-4` is evaluated)."""
-    node = _assignment(ast.parse(source), name)
+    node = _assignment(pyast.parse(source), name)
     try:
         return _evaluate(node)
     except (ValueError, TypeError, ZeroDivisionError) as exc:
@@ -51,7 +53,7 @@ def read_all(source: str, names: list[str]) -> dict[str, Any]:
 
 def set_value(source: str, name: str, value: Any) -> str:
     """`source` with constant `name` set to `value`; everything else byte for byte the same."""
-    node = _assignment(ast.parse(source), name)
+    node = _assignment(pyast.parse(source), name)
     lines = source.splitlines(keepends=True)
     offsets = [0]
     for line in lines:
@@ -61,8 +63,8 @@ def set_value(source: str, name: str, value: Any) -> str:
     end = offsets[node.end_lineno - 1] + node.end_col_offset
     text = format_value(value)
     edited = (data[:start] + text.encode() + data[end:]).decode()
-    ast.parse(edited)  # must still be valid Python
-    if read(edited, name) != ast.literal_eval(text):
+    pyast.parse(edited)  # must still be valid Python
+    if read(edited, name) != pyast.literal_eval(text):
         raise KnobError(f"setting {name} to {text} did not take")
     return edited
 

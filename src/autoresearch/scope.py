@@ -14,6 +14,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from . import pyast
 from .config import CONFIG_FILE, Config
 from .gitrepo import Change
 
@@ -45,7 +46,7 @@ def violation(changes: list[Change], worktree: Path, config: Config,
         if change.status != "D" and change.path.endswith(".py"):
             source = (Path(worktree) / change.path).read_text(errors="replace")
             try:
-                ast.parse(source, filename=change.path)
+                pyast.parse(source, filename=change.path)
             except SyntaxError as exc:
                 return f"{change.path} does not parse: {exc.msg} (line {exc.lineno})"
             missing = unavailable_imports(source, before(change.path), Path(worktree), change.path)
@@ -59,7 +60,7 @@ def imported_modules(source: str) -> set[str]:
     """Top-level names of the modules `source` imports (absolute imports and literal import_module calls)."""
     names = set()
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except SyntaxError:
         return names
     for node in ast.walk(tree):

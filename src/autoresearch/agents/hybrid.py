@@ -20,7 +20,7 @@ import re
 from dataclasses import replace
 from typing import Optional
 
-from .. import knobs as knob_edit
+from .. import knobs as knob_edit, pyast
 from ..config import Knob
 from ..records import Experiment, State
 from . import Agent, AgentExhausted, Context, Proposal
@@ -113,7 +113,7 @@ def _assignments(diff: str, sign: str) -> dict[tuple[str, str], object]:
         if not text or text[0].isspace():
             continue
         try:
-            tree = ast.parse(text.split("#")[0])
+            tree = pyast.parse(text.split("#")[0])
         except SyntaxError:
             continue
         node = tree.body[0] if len(tree.body) == 1 else None

@@ -12,12 +12,11 @@ best code (a stable prefix that prompt caching can reuse) and the research memor
 
 from __future__ import annotations
 
-import ast
 import posixpath
 import time
 from typing import Optional
 
-from .. import memory, scope
+from .. import memory, pyast, scope
 from ..config import AgentSection
 from ..costs import Usage
 from . import Agent, AgentError, Context, Proposal, ProposalError
@@ -221,7 +220,7 @@ class Workbench:
         for path, text in writes.items():
             if path.endswith(".py") and text is not None:
                 try:
-                    ast.parse(text, filename=path)
+                    pyast.parse(text, filename=path)
                 except SyntaxError as exc:
                     return f"{path} does not parse: {exc.msg} (line {exc.lineno}); fix it, then finish", True
         history = self.context.history
