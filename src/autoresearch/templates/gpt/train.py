@@ -79,8 +79,11 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin):
         B, T, C = x.shape
-        q, k, v = (lin(x).view(B, T, self.n_head, C // self.n_head) for lin in (self.q, self.k, self.v))
-        q, k = rotate(norm(q), cos, sin).to(v.dtype), rotate(norm(k), cos, sin).to(v.dtype)
+        # one matmul for q, k and v (their weights stay separate matrices for Muon); q and k normed and rotated together
+        qkv = F.linear(x, torch.cat([self.q.weight, self.k.weight, self.v.weight]))
+        qkv = qkv.view(B, T, 3, self.n_head, C // self.n_head)
+        qk, v = rotate(norm(qkv[:, :, :2]), cos.unsqueeze(2), sin.unsqueeze(2)).to(qkv.dtype), qkv[:, :, 2]
+        q, k = qk.unbind(2)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -150,16 +153,16 @@ def build_model(**model_args):
 
 
 def orthogonalize(g, steps=5):
-    """Newton-Schulz iteration driving the singular values of each matrix in g (..., rows, cols) towards 1."""
+    """Newton-Schulz iteration driving the singular values of each matrix in g (batch, rows, cols) towards 1."""
     a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients tuned for fast convergence near 0
     x = g.bfloat16() if g.device.type == "cuda" else g.float()
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b s + c s^2) x with s = x x^T, as two fused multiply-adds
         s = x @ x.mT
-        x = a * x + (b * s + c * s @ s) @ x
+        x = torch.baddbmm(x, torch.baddbmm(s, s, s, beta=b, alpha=c), x, beta=a)
     return (x.mT if tall else x).to(g.dtype)
 
 
