@@ -16,8 +16,8 @@ Two phases.
      pool's standard deviation, so the true effect is known.
    - real: the candidate's runs come from the MATRIX_LR pool.
    Each case is judged by our sequential judge (stats.verdict, with the noise model a session has
-   after calibrating the baseline on 5 seeds), by the reference loop's rule (one run, kept when
-   strictly better than the baseline's run), and by a fixed rule running K=3 seeds (kept when the
+   after calibrating the baseline on the default `calibrate_seeds` runs), by the reference loop's
+   rule (one run, kept when strictly better than the baseline's run), and by a fixed rule running K=3 seeds (kept when the
    mean is better than the baseline's mean). Reported: keep rate and runs spent per decision.
 
 Not a test: phase 1 takes tens of minutes on a CPU. Re-running phase 2 on saved pools:
@@ -38,12 +38,13 @@ from pathlib import Path
 from autoresearch import knobs, target as target_module
 from autoresearch.budget import Budget
 from autoresearch.cli import prepare
+from autoresearch.config import JudgeSection
 from autoresearch.executor import LocalExecutor
 from autoresearch.records import RunState
 from autoresearch.runner import Runner, RunSpec
 from autoresearch.stats import Rule, pooled_noise, verdict
 
-CALIBRATION = 5  # baseline runs a session calibrates on (the gpt target's default)
+CALIBRATION = JudgeSection().calibrate_seeds  # baseline runs a session calibrates on (the default)
 CHANGE = ("MATRIX_LR", 0.5)  # the real change: this constant times this factor
 
 

@@ -20,7 +20,7 @@ def target(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e") / "research"
     assert run_cli("init", root).code == 0
     config = root / "autoresearch.toml"  # a quicker judge: two calibration runs, at most two runs per change
-    config.write_text(config.read_text().replace("calibrate_seeds = 5", "calibrate_seeds = 2")
+    config.write_text(config.read_text().replace("calibrate_seeds = 8", "calibrate_seeds = 2")
                       .replace("max_runs = 4", "max_runs = 2").replace("final_test_seeds = 3", "final_test_seeds = 2"))
     subprocess.run(["git", "-C", str(root), "commit", "-qam", "a quicker judge"], check=True)
     prepared = run_cli("prepare", "-C", root, "--data", "stdlib")

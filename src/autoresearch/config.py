@@ -98,7 +98,7 @@ class JudgeSection(_Section):
     min_effect: float = Field(default=0.0, ge=0)  # a change must beat the best by more than this (metric units)
     line_cost: float = Field(default=0.02, ge=0)  # margin per net line of code added, in noise sds
     max_runs: int = Field(default=4, ge=2, le=50)  # runs (seeds) an experiment may get before it is discarded
-    calibrate_seeds: int = Field(default=5, ge=2, le=100)  # baseline runs that measure the noise
+    calibrate_seeds: int = Field(default=8, ge=2, le=100)  # baseline runs that measure the noise
     recalibrate_after: float = Field(default=10.0, gt=0)  # re-calibrate when the best moved this many sds
     implausible: float = Field(default=10.0, gt=1)  # a gain this many times the noise or the best gain so far
     final_test_seeds: int = Field(default=3, ge=0)  # seeds of the held-out test at a session's end (0: none)

@@ -18,7 +18,7 @@ from .target import Target, init
 
 TAG = "demo"
 UNTUNED = {"MATRIX_LR": 0.002}  # 20x below the tuned default: the search has something real to find
-QUICK_JUDGE = {"calibrate_seeds = 5": "calibrate_seeds = 3", "max_runs = 4": "max_runs = 3",
+QUICK_JUDGE = {"calibrate_seeds = 8": "calibrate_seeds = 3", "max_runs = 4": "max_runs = 3",
                "final_test_seeds = 3": "final_test_seeds = 2"}  # fewer runs, so the demo takes minutes
 
 
