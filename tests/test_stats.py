@@ -86,6 +86,15 @@ def test_unknown_noise_is_an_error_not_a_guess():
         verdict([1.0], [1.0], Noise(float("nan"), 0), RULE, minimize=True)
 
 
+def test_the_keep_boundary_is_lower_than_splitting_the_significance_over_the_looks():
+    from scipy.special import stdtrit
+
+    for n_parent, df in ((5, 4), (8, 7), (8, 100)):
+        boundary = RULE.t_keep(df, n_parent)
+        assert stdtrit(df, 1 - RULE.significance) < boundary < stdtrit(df, 1 - RULE.significance / (RULE.max_runs - 1))
+        assert RULE.t_keep(df, n_parent) == boundary  # the same inputs give the same boundary
+
+
 @pytest.mark.parametrize("df", [4, 30])
 def test_the_false_keep_rate_of_null_changes_is_at_most_the_significance(df):
     rng = random.Random(1)
@@ -99,12 +108,14 @@ def test_the_false_keep_rate_of_null_changes_is_at_most_the_significance(df):
     assert kept / trials <= RULE.significance
 
 
-def test_two_sigma_effects_are_mostly_kept_with_less_compute_than_three_fixed_seeds():
+@pytest.mark.parametrize("calibration, df", [(5, 60), (8, 7)])  # a long session; a fresh one (8 calibration seeds)
+def test_two_sigma_effects_are_mostly_kept_with_less_compute_than_three_fixed_seeds(calibration, df):
     rng = random.Random(2)
     trials, kept, runs = 2000, 0, 0
     for _ in range(trials):
-        parent = [rng.gauss(0, 1) for _ in range(5)]
-        keep, used = sequential(lambda: rng.gauss(-2, 1), parent, Noise(1.0, 60))
+        parent = [rng.gauss(0, 1) for _ in range(calibration)]
+        noise = Noise(statistics.stdev([rng.gauss(0, 1) for _ in range(df + 1)]), df)
+        keep, used = sequential(lambda: rng.gauss(-2, 1), parent, noise)
         kept += keep
         runs += used
     assert kept / trials >= 0.8

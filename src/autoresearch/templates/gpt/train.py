@@ -88,6 +88,22 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+class ReLUSquared(torch.autograd.Function):
+    """relu(h)^2 with a one-pass backward (2 relu(h) grad): the MLP's activations are the largest tensors of a step,
+    and autograd's own backward of relu(h) * relu(h) reads them four times (memory-bound on a CPU)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        r = F.relu(h)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        return torch.mul(grad, r).mul_(2)
+
+
 class MLP(nn.Module):
     def __init__(self, dim):
         super().__init__()
@@ -95,8 +111,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * dim, dim, bias=False)
 
     def forward(self, x):
-        h = F.relu(self.fc(x))
-        return self.proj(h * h)  # ReLU^2; h * h is ~3x faster than .square() on CPU (its backward)
+        return self.proj(ReLUSquared.apply(self.fc(x)))
 
 
 class Block(nn.Module):
