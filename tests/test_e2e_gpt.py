@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from toy import run_cli
+from toy import quick_judge, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,7 @@ def target(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e") / "research"
     assert run_cli("init", root).code == 0
     config = root / "autoresearch.toml"  # a quicker judge: two calibration runs, at most two runs per change
-    config.write_text(config.read_text().replace("calibrate_seeds = 8", "calibrate_seeds = 2")
-                      .replace("max_runs = 4", "max_runs = 2").replace("final_test_seeds = 3", "final_test_seeds = 2"))
+    config.write_text(quick_judge(config.read_text(), final_test_seeds=2))
     subprocess.run(["git", "-C", str(root), "commit", "-qam", "a quicker judge"], check=True)
     prepared = run_cli("prepare", "-C", root, "--data", "stdlib")
     assert prepared.code == 0, prepared.text
@@ -94,3 +93,17 @@ def test_export_writes_results_tsv(target, tmp_path):
     assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
     assert len(lines) == 7
     assert lines[4].split("\t")[3] == "crash" and "rejected" in lines[4]
+
+
+def test_the_demo_runs_offline_end_to_end(tmp_path):
+    # The README's first command (`make demo`), shortened: the same code path with a 4-step budget and 2 experiments.
+    result = run_cli("demo", "-C", tmp_path, "--dir", "demo", "--experiments", "2", "--budget", "4steps",
+                     "--data", "stdlib")
+    assert result.code == 0, result.text
+    assert "kept chain" in result.out and "autoresearch/demo" in result.out
+    from autoresearch.ledger import Ledger
+
+    experiments = Ledger(tmp_path / "demo" / ".autoresearch" / "ledger.sqlite").experiments("demo")
+    assert [e.index for e in experiments] == [0, 1, 2]
+    assert experiments[0].state.value == "baseline" and len(experiments[0].runs) == 3  # the demo's quicker judge
+    assert all(e.state.value in ("kept", "discarded") for e in experiments[1:])

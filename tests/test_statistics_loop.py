@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from toy import GUARDED_CONFIG, build_guarded, run_cli
+from toy import GUARDED_CONFIG, build_guarded, quick_judge, run_cli
 
 NOISE = 0.05
 CONFIG = GUARDED_CONFIG.replace("calibrate_seeds = 2", "calibrate_seeds = 5")
@@ -140,7 +140,7 @@ def test_calibrate_and_verify_on_the_gpt_target(tmp_path):
     assert run_cli("init", root).code == 0
     assert run_cli("prepare", "-C", root, "--data", "stdlib").code == 0
     config = root / "autoresearch.toml"
-    config.write_text(config.read_text().replace("calibrate_seeds = 8", "calibrate_seeds = 2"))
+    config.write_text(quick_judge(config.read_text(), max_runs=4, final_test_seeds=3))
     subprocess.run(["git", "-C", str(root), "commit", "-qam", "calibrate on 2 seeds"], check=True)
     first = run_cli("run", "-C", root, "--budget", "6steps", "--experiments", "0")
     assert first.code == 0, first.text

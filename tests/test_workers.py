@@ -19,7 +19,7 @@ from autoresearch.records import RunState, State
 from autoresearch.runner import Runner, RunSpec
 from autoresearch.budget import Budget
 from autoresearch.target import Target
-from toy import TAG, alive, build_guarded, build_toy, children, group_alive, run_cli, wait_for
+from toy import TAG, alive, build_guarded, build_toy, children, group_alive, quick_judge, run_cli, wait_for
 
 FINAL = {State.BASELINE, State.KEPT, State.DISCARDED, State.CRASHED, State.REJECTED, State.INTERRUPTED,
          State.SUPERSEDED, State.TIMEOUT}
@@ -293,8 +293,7 @@ def test_workers_on_the_gpt_target_with_fixed_step_budgets(tmp_path):
     root = tmp_path / "research"
     assert run_cli("init", root).code == 0
     config = root / "autoresearch.toml"  # a quicker judge: two calibration runs, at most two runs per change
-    config.write_text(config.read_text().replace("calibrate_seeds = 8", "calibrate_seeds = 2")
-                      .replace("max_runs = 4", "max_runs = 2").replace("final_test_seeds = 3", "final_test_seeds = 0"))
+    config.write_text(quick_judge(config.read_text()))
     subprocess.run(["git", "-C", str(root), "commit", "-qam", "a quicker judge"], check=True)
     prepared = run_cli("prepare", "-C", root, "--data", "stdlib")
     assert prepared.code == 0, prepared.text

@@ -8,6 +8,8 @@ Running the demo again in the same directory continues its research.
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Optional
 
@@ -18,8 +20,7 @@ from .target import Target, init
 
 TAG = "demo"
 UNTUNED = {"MATRIX_LR": 0.002}  # 20x below the tuned default: the search has something real to find
-QUICK_JUDGE = {"calibrate_seeds = 8": "calibrate_seeds = 3", "max_runs = 4": "max_runs = 3",
-               "final_test_seeds = 3": "final_test_seeds = 2"}  # fewer runs, so the demo takes minutes
+QUICK_JUDGE = {"calibrate_seeds": 3, "max_runs": 3, "final_test_seeds": 2}  # fewer runs, so the demo takes minutes
 
 
 def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str]) -> int:
@@ -67,7 +68,7 @@ def _untune(directory: Path) -> None:
     path.write_text(source)
     config = directory / CONFIG_FILE
     text = config.read_text()
-    for old, new in QUICK_JUDGE.items():
-        text = text.replace(old, new)
+    for key, value in QUICK_JUDGE.items():
+        text = re.sub(rf"^{key} = \d+", f"{key} = {value}", text, count=1, flags=re.MULTILINE)
     config.write_text(text)
     Git(directory).commit_all(f"demo: start from an untuned point ({', '.join(changes)}); a quicker judge")
