@@ -10,9 +10,12 @@ views have a spread to show: seed 0, 1, 2 add -0.03, -0.01, +0.01. Experiments, 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from autoresearch import observe
 from autoresearch.records import State
+from autoresearch.target import Target
 from toy import CONFIG, TAG, TRAIN, Toy, build_toy, run_cli
 
 NOISY_TRAIN = TRAIN.replace(
@@ -52,3 +55,18 @@ def build_researched(directory: Path) -> Toy:
     finally:
         ledger.close()
     return toy
+
+
+def with_one_in_flight(toy: Toy, directory: Path, log_text: str, description: str = "in flight"):
+    """A copy of the research in `directory` with #9 running on seed 0: its ledger row and its log, as a session
+    leaves them. Returns (target, ledger, experiment, log path); the caller closes the ledger."""
+    shutil.copytree(toy.root, directory)
+    target = Target.open(directory)
+    ledger = observe.open_ledger(target)
+    best = ledger.best(TAG)
+    experiment = ledger.add_experiment(tag=TAG, session_id=None, state=State.RUNNING, parent=best.commit,
+                                       commit=best.commit, description=description, agent="scripted")
+    log = observe.run_dir(target, TAG, experiment.index) / "seed0" / "log.txt"
+    log.parent.mkdir(parents=True)
+    log.write_text(log_text)
+    return target, ledger, experiment, log

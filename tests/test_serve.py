@@ -10,11 +10,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from autoresearch import control, observe
-from autoresearch.records import State
+from autoresearch import control
 from autoresearch.serve import ServeError, check_bind, create_app
 from autoresearch.target import Target
-from researched import STATES, build_researched
+from researched import STATES, build_researched, with_one_in_flight
 from toy import TAG, run_cli, wait_for
 from webserver import Server
 
@@ -103,17 +102,9 @@ def test_slots_when_idle(client):
 
 
 def test_running_experiment_shows_in_slots_and_log(researched, tmp_path):
-    root = tmp_path / "copy"
-    shutil.copytree(researched.root, root)
-    target = Target.open(root)
-    ledger = observe.open_ledger(target)
-    best = ledger.best(TAG)
-    experiment = ledger.add_experiment(tag=TAG, session_id=None, state=State.RUNNING, parent=best.commit,
-                                       commit=best.commit, description="in flight", agent="scripted")
+    target, ledger, _, log = with_one_in_flight(
+        researched, tmp_path / "copy", "==> python train.py\nstep    10 |  40.0% | loss 1.2500 | lr x1.00 | 9,000 tok/s\n")
     ledger.close()
-    log = observe.run_dir(target, TAG, experiment.index) / "seed0" / "log.txt"
-    log.parent.mkdir(parents=True)
-    log.write_text("==> python train.py\nstep    10 |  40.0% | loss 1.2500 | lr x1.00 | 9,000 tok/s\n")
     client = TestClient(create_app(target), base_url=LOCAL)
     (slot,) = get(client, "/api/slots")["slots"]
     assert (slot["slot"], slot["id"], slot["progress"]["fraction"], slot["progress"]["loss"]) == ("cpu0", 9, 0.4, 1.25)

@@ -2,7 +2,6 @@
 control file a session obeys between experiments."""
 
 import io
-import shutil
 import threading
 import time
 
@@ -10,9 +9,8 @@ import pytest
 from rich.console import Console
 
 from autoresearch import control, live, observe
-from autoresearch.records import State
 from autoresearch.target import Target
-from researched import build_researched
+from researched import build_researched, with_one_in_flight
 from toy import TAG, run_cli, wait_for
 
 GPT_LOG = """==> python train.py
@@ -47,16 +45,7 @@ def researched(tmp_path_factory):
 @pytest.fixture
 def running(researched, tmp_path):
     """A copy of the research with #9 in flight on seed 0: its ledger row and its log, as a session leaves them."""
-    root = tmp_path / "copy"
-    shutil.copytree(researched.root, root)
-    target = Target.open(root)
-    ledger = observe.open_ledger(target)
-    best = ledger.best(TAG)
-    experiment = ledger.add_experiment(tag=TAG, session_id=None, state=State.RUNNING, parent=best.commit,
-                                       commit=best.commit, description="deeper model", agent="scripted")
-    log = observe.run_dir(target, TAG, experiment.index) / "seed0" / "log.txt"
-    log.parent.mkdir(parents=True)
-    log.write_text(GPT_LOG)
+    target, ledger, experiment, _ = with_one_in_flight(researched, tmp_path / "copy", GPT_LOG, "deeper model")
     yield target, ledger, experiment
     ledger.close()
 
