@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import sandbox
+from . import prestart, sandbox
 from .sandbox import Jail, Limits
 
 KILL_GRACE_SECONDS = 5.0
@@ -48,6 +48,7 @@ class Job:
     pid_file: Optional[Path] = None  # names the job's process group while it runs (see kill_leftovers)
     jail: Optional[Jail] = None      # run isolated (where possible; see Jail.required)
     limits: Optional[Limits] = None  # resource limits, enforced from outside
+    held: bool = False               # started ahead of its turn (prestart.py): runs from `release()`, timed from it
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class JobResult:
 
 
 class JobHandle(ABC):
+    def release(self) -> None:
+        """Let a held job run (prestart.py); its wall-clock limit counts from here. Nothing for other jobs."""
+
     @abstractmethod
     def wait(self) -> JobResult:
         """Block until the job ends (or is killed at its deadline)."""
@@ -75,6 +79,7 @@ class Executor(ABC):
     """Runs jobs on slots. `interrupt()` (from any thread) stops every job in flight: each reports interrupted."""
 
     name: str = ""
+    holds = False  # can start a job held (Job.held), to be released later
     stop: threading.Event  # set by interrupt(); created on first use
 
     @abstractmethod
@@ -134,7 +139,8 @@ class _LocalHandle(JobHandle):
         self.started = time.monotonic()
         with open(job.log_path, "ab") as log:
             log_start = log.tell()
-            self.process = subprocess.Popen(argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
+            self.process = subprocess.Popen(argv, cwd=job.cwd, env=job.env,
+                                            stdin=subprocess.PIPE if job.held else subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         if cpus and hasattr(os, "sched_setaffinity"):  # the slot's cores, before the program starts its threads
             try:
@@ -147,6 +153,16 @@ class _LocalHandle(JobHandle):
         if job.pid_file:
             job.pid_file.parent.mkdir(parents=True, exist_ok=True)
             job.pid_file.write_text(f"{self.process.pid} {_start_time(self.process.pid)}")
+
+    def release(self) -> None:
+        if self.process.stdin is None:
+            return
+        self.started = time.monotonic()
+        try:
+            self.process.stdin.write(prestart.GO)
+            self.process.stdin.close()
+        except OSError:  # it ended while held: `wait` reports how
+            pass
 
     def _signal_group(self, sig: int) -> bool:
         """Signal the job's process group; False when none of it is left."""
@@ -166,6 +182,11 @@ class _LocalHandle(JobHandle):
             select.select([self.pidfd], [], [], seconds)
 
     def _close(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:  # cancelled while held
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
         if self.monitor:
             self.monitor.stop()
         if self.pidfd is not None:
@@ -229,12 +250,18 @@ class _LocalHandle(JobHandle):
         self.cancelled = True
         if self.process.returncode is None:
             self._kill()
+            if self._signal_group(signal.SIGKILL):  # and whatever it left in its group
+                sandbox.wait_gone(self.process.pid)
         self._close()
+        if self.job.pid_file:
+            self.job.pid_file.unlink(missing_ok=True)
 
 
 @register("local")
 class LocalExecutor(Executor):
     """Child processes on this machine: one slot per visible GPU, or one CPU slot."""
+
+    holds = True
 
     def __init__(self, device: str = "auto", workers: Optional[int] = None):
         self._slots = local_slots(device, workers)

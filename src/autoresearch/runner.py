@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import sandbox
+from . import prestart, sandbox
 from .budget import Budget
 from .executor import Executor, Job, JobResult, Slot
 from .gitrepo import Git
@@ -113,12 +113,15 @@ class Runner:
         out.mkdir(parents=True, exist_ok=True)
         started, started_at = time.monotonic(), time.time()
 
-        def job(command: str, data: Path, jail: Optional[Jail]) -> JobResult:
+        def job(command: str, data: Path, jail: Optional[Jail], argv: Optional[list[str]] = None) -> Job:
+            held = argv is not None
+            return Job(argv or command_argv(command), spec.worktree, self.env(spec, slot, out, data), spec.timeout,
+                       log, self.target.pids / f"{slot.name}{'.evaluate' if held else ''}.pid", jail,
+                       config.sandbox.limits(), held=held)
+
+        def announce(command: str) -> None:
             with open(log, "a") as handle:
                 handle.write(f"==> {command}\n")
-            return self.executor.run(Job(command_argv(command), spec.worktree, self.env(spec, slot, out, data),
-                                         spec.timeout, log, self.target.pids / f"{slot.name}.pid", jail,
-                                         config.sandbox.limits()), slot)
 
         flags: list[Flag] = []
         problem = self._tampering(spec, before=True)
@@ -127,61 +130,78 @@ class Runner:
             return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=RunState.REJECTED, metric=None,
                              reason=problem, log_path=str(log), flags=tuple(flags), slot=slot.name,
                              started_at=started_at)
-        train_jail = self.jail((spec.worktree, out), self.held_out())
-        result = job(config.commands.train, self.target.data / "train", train_jail)
-        peak = result.peak_rss_mb
-        state, reason = _judge_exit("train", result, spec)
-        refused = guard.refusals(out)  # `python -m autoresearch.guard`: the run reached for held-out data
-        if refused and state is not RunState.INTERRUPTED:
-            state, reason = RunState.REJECTED, f"the training command tried to read held-out data: {refused[0]}"
-            flags.append(Flag("guard", "; ".join(refused)[:1000]))
-        evaluated_from = log.stat().st_size if log.exists() else 0
-        claimed = None
-        if config.commands.evaluate:
-            claimed = reported_numbers(log.read_text(errors="replace") if log.exists() else "").get(config.metric.name)
-            written = self._json_numbers(out).get(config.metric.name)
-            if (out / config.metric.file).exists():  # only the evaluator may write the metric
-                (out / config.metric.file).unlink()
-                value = f" ({config.metric.name} {written:.6g})" if written is not None else ""
-                flags.append(Flag("metric", f"the training command wrote {config.metric.file}{value} itself; "
-                                            "deleted before the evaluator ran"))
-        if state is RunState.OK:
-            problem = self._tampering(spec, before=False)
-            if problem:
-                state, reason = RunState.REJECTED, problem
-                flags.append(Flag("tamper", problem))
-        if state is RunState.OK and config.commands.evaluate:
-            result = job(config.commands.evaluate, self.target.data, self.jail((out,)))
-            peak = max(peak or 0, result.peak_rss_mb or 0) or None
-            state, reason = _judge_exit("evaluate", result, spec)
-            if result.exit_code == EVALUATOR_REJECTS and not (result.timed_out or result.interrupted):
-                lines = log.read_text(errors="replace")[evaluated_from:].strip().splitlines()
-                state, reason = RunState.REJECTED, f"the evaluator rejected the model: {lines[-1] if lines else ''}"
-                flags.append(Flag("evaluator", reason))
+        # the evaluator starts with training, to load its imports meanwhile; it runs on the word (prestart.py)
+        evaluator, early = None, config.commands.evaluate and self.executor.holds and prestart.command(
+            command_argv(config.commands.evaluate), self.target.root, spec.worktree)
+        if early:
+            evaluator = self.executor.start(job(config.commands.evaluate, self.target.data, self.jail((out,)), early),
+                                            slot)
+        try:
+            train_jail = self.jail((spec.worktree, out), self.held_out())
+            announce(config.commands.train)
+            result = self.executor.run(job(config.commands.train, self.target.data / "train", train_jail), slot)
+            peak = result.peak_rss_mb
+            state, reason = _judge_exit("train", result, spec)
+            refused = guard.refusals(out)  # `python -m autoresearch.guard`: the run reached for held-out data
+            if refused and state is not RunState.INTERRUPTED:
+                state, reason = RunState.REJECTED, f"the training command tried to read held-out data: {refused[0]}"
+                flags.append(Flag("guard", "; ".join(refused)[:1000]))
+            evaluated_from = log.stat().st_size if log.exists() else 0
+            claimed = None
+            if config.commands.evaluate:
+                logged = log.read_text(errors="replace") if log.exists() else ""
+                claimed = reported_numbers(logged).get(config.metric.name)
+                written = self._json_numbers(out).get(config.metric.name)
+                if (out / config.metric.file).exists():  # only the evaluator may write the metric
+                    (out / config.metric.file).unlink()
+                    value = f" ({config.metric.name} {written:.6g})" if written is not None else ""
+                    flags.append(Flag("metric", f"the training command wrote {config.metric.file}{value} itself; "
+                                                "deleted before the evaluator ran"))
+            if state is RunState.OK:
+                problem = self._tampering(spec, before=False)
+                if problem:
+                    state, reason = RunState.REJECTED, problem
+                    flags.append(Flag("tamper", problem))
+            if state is RunState.OK and config.commands.evaluate:
+                announce(config.commands.evaluate)
+                if evaluator is not None:
+                    evaluator.release()
+                    result = evaluator.wait()
+                else:
+                    result = self.executor.run(job(config.commands.evaluate, self.target.data, self.jail((out,))), slot)
+                peak = max(peak or 0, result.peak_rss_mb or 0) or None
+                state, reason = _judge_exit("evaluate", result, spec)
+                if result.exit_code == EVALUATOR_REJECTS and not (result.timed_out or result.interrupted):
+                    lines = log.read_text(errors="replace")[evaluated_from:].strip().splitlines()
+                    state, reason = RunState.REJECTED, f"the evaluator rejected the model: {lines[-1] if lines else ''}"
+                    flags.append(Flag("evaluator", reason))
 
-        text = log.read_text(errors="replace") if log.exists() else ""
-        if state is RunState.CRASHED and not result.limit and "Too many open files" in text[-LOG_TAIL_CHARS:]:
-            reason += f" (out of open files: at most {config.sandbox.open_files} per process, [sandbox] open_files)"
-        metrics = reported_numbers(text)
-        metric = None
-        if state is RunState.OK:
-            metric, reason = self._read_metric(out, text[evaluated_from:] if config.commands.evaluate else text,
-                                               spec.split)
-            metrics.update(self._json_numbers(out))
-            if metric is None or not math.isfinite(metric):
-                state = RunState.CRASHED
-                reason = reason or f"{config.metric.name} is {metric}"
-                metric = None
-        note = integrity.metric_claim(claimed, metric, config.metric.name)
-        if note and state is not RunState.REJECTED:
-            flags.append(Flag("metric", note))
-        for weights in out.glob("*.pt"):  # weights are large and a run is cheap to repeat
-            weights.unlink()
-        return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=state, metric=metric,
-                         metrics=metrics, seconds=time.monotonic() - started,
-                         peak_memory_mb=metrics.get("peak_memory_mb") or peak, exit_code=result.exit_code,
-                         reason=reason, log_tail=text[-LOG_TAIL_CHARS:], log_path=str(log), flags=tuple(flags),
-                         slot=slot.name, started_at=started_at)
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if state is RunState.CRASHED and not result.limit and "Too many open files" in text[-LOG_TAIL_CHARS:]:
+                reason += f" (out of open files: at most {config.sandbox.open_files} per process, [sandbox] open_files)"
+            metrics = reported_numbers(text)
+            metric = None
+            if state is RunState.OK:
+                metric, reason = self._read_metric(out, text[evaluated_from:] if config.commands.evaluate else text,
+                                                   spec.split)
+                metrics.update(self._json_numbers(out))
+                if metric is None or not math.isfinite(metric):
+                    state = RunState.CRASHED
+                    reason = reason or f"{config.metric.name} is {metric}"
+                    metric = None
+            note = integrity.metric_claim(claimed, metric, config.metric.name)
+            if note and state is not RunState.REJECTED:
+                flags.append(Flag("metric", note))
+            for weights in out.glob("*.pt"):  # weights are large and a run is cheap to repeat
+                weights.unlink()
+            return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=state, metric=metric,
+                             metrics=metrics, seconds=time.monotonic() - started,
+                             peak_memory_mb=metrics.get("peak_memory_mb") or peak, exit_code=result.exit_code,
+                             reason=reason, log_tail=text[-LOG_TAIL_CHARS:], log_path=str(log), flags=tuple(flags),
+                             slot=slot.name, started_at=started_at)
+        finally:
+            if evaluator is not None:
+                evaluator.cancel()  # it never ran (training failed), or it has ended: nothing left to stop
 
     def _tampering(self, spec: RunSpec, before: bool) -> Optional[str]:
         """Before training: is the commit and worktree what was approved? After: did training change them?"""

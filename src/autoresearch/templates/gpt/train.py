@@ -181,13 +181,16 @@ def orthogonalize(g, steps=5):
     return (x.mT if tall else x).to(g.dtype)
 
 
-class Muon(torch.optim.Optimizer):
+class Muon:
     """SGD with Nesterov momentum whose update is orthogonalized before it is applied.
 
-    Matrices of the same shape are orthogonalized together, as one batch: far fewer, larger matmuls."""
+    Matrices of the same shape are orthogonalized together, as one batch: far fewer, larger matmuls.
+    The two optimizers here are plain classes, not torch.optim ones: the first torch.optim optimizer imports
+    torch._dynamo, two seconds of every run's start on a CPU."""
 
     def __init__(self, params, lr, momentum, weight_decay):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.param_groups = [dict(params=list(params), lr=lr, momentum=momentum, weight_decay=weight_decay)]
+        self.momentum = {}
 
     @torch.no_grad()
     def step(self):
@@ -198,21 +201,50 @@ class Muon(torch.optim.Optimizer):
                     by_shape.setdefault(p.shape, []).append(p)
             for shape, params in by_shape.items():
                 grads = [p.grad for p in params]
-                bufs = [self.state[p].setdefault("momentum", torch.zeros_like(p)) for p in params]
+                bufs = [self.momentum.setdefault(p, torch.zeros_like(p)) for p in params]
                 torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
                 update = orthogonalize(torch.stack(grads).lerp_(torch.stack(bufs), group["momentum"]))
-                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+                if group["weight_decay"]:
+                    torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
                 torch._foreach_add_(params, list(update.unbind(0)),
                                     alpha=-group["lr"] * max(1, shape[-2] / shape[-1]) ** 0.5)
 
 
-def make_optimizers(model, model_dim, device):
+class AdamW:
+    """Adam with bias correction (and no weight decay: the embeddings, the head and the scalars need none)."""
+
+    def __init__(self, groups, betas, eps):
+        self.param_groups = [dict(group) for group in groups]
+        self.betas, self.eps, self.steps = betas, eps, 0
+        self.moments = {}  # parameter -> (first moment, second moment)
+
+    @torch.no_grad()
+    def step(self):
+        self.steps += 1
+        beta1, beta2 = self.betas
+        correction1, correction2 = 1 - beta1 ** self.steps, 1 - beta2 ** self.steps
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            m, v = zip(*(self.moments.setdefault(p, (torch.zeros_like(p), torch.zeros_like(p))) for p in params))
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+            denominator = torch._foreach_sqrt(v)
+            torch._foreach_div_(denominator, correction2 ** 0.5)
+            torch._foreach_add_(denominator, self.eps)
+            torch._foreach_addcdiv_(params, m, denominator, value=-group["lr"] / correction1)
+
+
+def make_optimizers(model, model_dim):
     scale = (model_dim / 768) ** -0.5  # AdamW learning rates are set for width 768
-    adamw = torch.optim.AdamW([
+    adamw = AdamW([
         dict(params=[model.wte.weight], lr=EMBEDDING_LR * scale),
         dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * scale),
         dict(params=[model.x0_gates], lr=SCALAR_LR),
-    ], betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0, fused=device.type == "cuda")
+    ], betas=ADAM_BETAS, eps=1e-10)
     muon = Muon([p for p in model.blocks.parameters() if p.ndim == 2], lr=MATRIX_LR,
                 momentum=MUON_MOMENTUM, weight_decay=WEIGHT_DECAY)
     optimizers = [adamw, muon]
@@ -294,7 +326,7 @@ def main():
                       n_head=model_dim // head_dim, softcap=SOFTCAP)
     raw_model = build_model(**model_args).to(device)
     model = torch.compile(raw_model) if preset(COMPILE) else raw_model
-    adamw, muon = optimizers = make_optimizers(raw_model, model_dim, device)
+    adamw, muon = optimizers = make_optimizers(raw_model, model_dim)
     num_params = sum(p.numel() for p in raw_model.parameters())
     matrix_params = sum(p.numel() for p in raw_model.blocks.parameters())
     flops_per_token = 6 * matrix_params + 6 * vocab_size * model_dim + 12 * depth * model_dim * seq_len
