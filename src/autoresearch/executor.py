@@ -181,6 +181,14 @@ class _LocalHandle(JobHandle):
         else:
             select.select([self.pidfd], [], [], seconds)
 
+    def _end_group(self) -> float:
+        """Kill whatever the job left behind in its group, forget its pid file; when the group was gone."""
+        left = self._signal_group(signal.SIGKILL)
+        gone = sandbox.wait_gone(self.process.pid) if left else time.monotonic()
+        if self.job.pid_file:
+            self.job.pid_file.unlink(missing_ok=True)
+        return gone
+
     def _close(self) -> None:
         if self.process.stdin is not None and not self.process.stdin.closed:  # cancelled while held
             try:
@@ -226,9 +234,7 @@ class _LocalHandle(JobHandle):
                 break
             self._pause(pause)
             pause = min(pause * 2, 0.05)
-        # whatever the job left behind in its group dies with it
-        left = self._signal_group(signal.SIGKILL)
-        gone = sandbox.wait_gone(self.process.pid) if left else time.monotonic()
+        gone = self._end_group()
         seconds = time.monotonic() - self.started
         overshoot = gone - deadline if timed_out else None
         peak = done[1]
@@ -241,8 +247,6 @@ class _LocalHandle(JobHandle):
             with open(self.job.log_path, "a") as log:
                 log.write(f"\n[autoresearch] hard limit of {self.job.timeout:g}s reached: SIGTERM to the process "
                           f"group, which was gone {overshoot:.2f}s after the limit\n")
-        if self.job.pid_file:
-            self.job.pid_file.unlink(missing_ok=True)
         return JobResult(exit_code=done[0], seconds=seconds, timed_out=timed_out, interrupted=self.cancelled,
                          peak_rss_mb=peak or None, limit=limit, overshoot=overshoot)
 
@@ -250,11 +254,8 @@ class _LocalHandle(JobHandle):
         self.cancelled = True
         if self.process.returncode is None:
             self._kill()
-            if self._signal_group(signal.SIGKILL):  # and whatever it left in its group
-                sandbox.wait_gone(self.process.pid)
+            self._end_group()
         self._close()
-        if self.job.pid_file:
-            self.job.pid_file.unlink(missing_ok=True)
 
 
 @register("local")
