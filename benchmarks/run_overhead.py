@@ -1,12 +1,13 @@
-"""A run's wall time beyond its training budget, on the built-in GPT target, with and without the evaluator
-started together with training (prestart.py).
+"""A run's wall time beyond its training budget, on the built-in GPT target, with its processes forked from warm
+servers (forkserver.py) and with each started as a new interpreter.
 
     python benchmarks/run_overhead.py [--budget 60s] [--seeds 2] [--data stdlib]
 
 Makes a fresh built-in target, prepares its data, then runs seeds through the harness's own Runner and local
-executor (jail, limits, scrubbed environment, as in a session), alternating: evaluator started early, then
-after training. Prints per run: wall time, training seconds (as train.py reports them), the overhead (wall
-less training) and the evaluator's own seconds. Not a test: it takes minutes, and a shared machine moves it.
+executor (jail, limits, scrubbed environment, as in a session), alternating: forked, then spawned. Each mode
+keeps its executor across its runs, as a session does, and runs one unmeasured run first (the servers' own
+start, once per session). Prints per run: wall time, training seconds (as train.py reports them), the overhead
+(wall less training) and the evaluator's own seconds. Not a test: it takes minutes, and a shared machine moves it.
 """
 
 from __future__ import annotations
@@ -36,26 +37,33 @@ def main() -> None:
         target = target_module.Target.open(target_module.init(Path(work) / "gpt"))
         if prepare(target, args.data) != 0:
             sys.exit(f"preparing --data {args.data} failed")
-        overheads: dict[str, list[float]] = {"early": [], "after": []}
+        overheads: dict[str, list[float]] = {"forked": [], "spawned": []}
+        executors = {mode: LocalExecutor("cpu") for mode in overheads}
+        executors["spawned"].forks = False
         print(f"budget {budget} | {args.seeds} seeds | data {args.data}")
-        print(f"{'evaluator':10s} {'seed':>4s} {'wall':>8s} {'training':>9s} {'overhead':>9s} {'evaluation':>10s}")
-        for seed in range(args.seeds):
-            for mode in overheads:
-                executor = LocalExecutor("cpu")
-                executor.holds = mode == "early"
-                started = time.monotonic()
-                record = Runner(target, executor).run(
-                    RunSpec(0, target.root, seed, budget, budget.value * 3 + 120, Path(work) / "runs" / f"{mode}{seed}"),
-                    executor.slots()[0])
-                wall = time.monotonic() - started
-                if record.metric is None:
-                    sys.exit(f"run failed: {record.reason}")
-                training = record.metrics["training_seconds"]
-                overheads[mode].append(wall - training)
-                print(f"{mode:10s} {seed:4d} {wall:7.2f}s {training:8.2f}s {wall - training:8.2f}s "
-                      f"{record.metrics.get('eval_seconds', float('nan')):9.2f}s")
+        print(f"{'processes':10s} {'seed':>4s} {'wall':>8s} {'training':>9s} {'overhead':>9s} {'evaluation':>10s}")
+        try:
+            for seed in range(-1, args.seeds):  # seed -1: the warm-up run, not measured
+                for mode, executor in executors.items():
+                    started = time.monotonic()
+                    record = Runner(target, executor).run(
+                        RunSpec(0, target.root, max(seed, 0), budget if seed >= 0 else Budget.parse("2steps"),
+                                budget.value * 3 + 120, Path(work) / "runs" / f"{mode}{seed}"),
+                        executor.slots()[0])
+                    wall = time.monotonic() - started
+                    if record.metric is None:
+                        sys.exit(f"run failed: {record.reason}")
+                    if seed < 0:
+                        continue
+                    training = record.metrics["training_seconds"]
+                    overheads[mode].append(wall - training)
+                    print(f"{mode:10s} {seed:4d} {wall:7.2f}s {training:8.2f}s {wall - training:8.2f}s "
+                          f"{record.metrics.get('eval_seconds', float('nan')):9.2f}s")
+        finally:
+            for executor in executors.values():
+                executor.close()
         for mode, values in overheads.items():
-            print(f"overhead, evaluator started {mode:5s}: mean {statistics.fmean(values):.2f}s "
+            print(f"overhead, processes {mode:7s}: mean {statistics.fmean(values):.2f}s "
                   f"(min {min(values):.2f}s, max {max(values):.2f}s)")
 
 

@@ -143,10 +143,12 @@ def test_a_run_whose_ray_worker_dies_is_submitted_again(cluster, tmp_path):
     killed = []
 
     def kill_the_worker():
-        # the first training process of an experiment (after the baseline's) is a child of the Ray worker running it
+        # the first training process of an experiment (after the baseline's) descends from the Ray worker running
+        # it, through the worker's fork server (forkserver.py)
         if wait_for(lambda: len(toy.pids()) >= 2, timeout=120):
-            pid = toy.pids()[1]
-            worker = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            worker = toy.pids()[1]
+            while "forkserver" in Path(f"/proc/{worker}/cmdline").read_text() or worker == toy.pids()[1]:
+                worker = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
             os.kill(worker, signal.SIGKILL)
             killed.append(worker)
 

@@ -317,14 +317,24 @@ def alive(pid: int) -> bool:
 
 
 def children(pid: int, among: list[int]) -> list[int]:
-    """Those of the processes `among` that are running children of `pid` (Linux: from /proc)."""
+    """Those of the processes `among` that are running and descend from `pid` (Linux: from /proc); a job
+    forked by a warm server (forkserver.py) is the harness's grandchild."""
+
+    def parent(process: int) -> tuple[int, str]:
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0, "X"
+        return int(fields[1]), fields[0]
+
     found = []
     for child in among:
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        up, state = parent(child)
+        if state in ("Z", "X"):
             continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+        while up > 1 and up != pid:
+            up, _ = parent(up)
+        if up == pid:
             found.append(child)
     return found
 

@@ -205,8 +205,12 @@ def _harness_session(target: Target, purpose: str, args):
     if args.tag is None and _existing_tag(target, None) is None:
         raise UsageError(f"nothing to {purpose}: no research yet (`autoresearch run` starts with the baseline)")
     _stop_on_sigterm()
-    session = Session.open(target, None, purpose, LocalExecutor(args.device or target.config.run.device),
-                           tag=args.tag, budget=args.budget)
+    executor = LocalExecutor(args.device or target.config.run.device)
+    try:
+        session = Session.open(target, None, purpose, executor, tag=args.tag, budget=args.budget)
+    except BaseException:
+        executor.close()
+        raise
     reason = f"{purpose}: done"
     try:
         yield session
@@ -219,6 +223,7 @@ def _harness_session(target: Target, purpose: str, args):
     finally:
         session.ledger.end_session(session.session_id, reason)
         session.close()
+        executor.close()
 
 
 def cmd_calibrate(args) -> int:

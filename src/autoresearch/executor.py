@@ -1,4 +1,5 @@
-"""Executors: where the target's commands run. `local` runs them as child processes here.
+"""Executors: where the target's commands run. `local` runs them as processes here: a Python script forked
+from a warm server per slot and kind of command (forkserver.py, Linux), anything else as a child process.
 
 An executor has slots (a GPU each, or a share of the CPU) and runs one job per slot at a time.
 It enforces the wall-clock limit from outside: the job runs in its own process group, which is
@@ -9,9 +10,11 @@ watched, both through sandbox.py: over a limit, its whole group is SIGKILLed and
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import prestart, sandbox
+from . import forkserver, sandbox
 from .sandbox import Jail, Limits
 
 KILL_GRACE_SECONDS = 5.0
@@ -48,7 +51,8 @@ class Job:
     pid_file: Optional[Path] = None  # names the job's process group while it runs (see kill_leftovers)
     jail: Optional[Jail] = None      # run isolated (where possible; see Jail.required)
     limits: Optional[Limits] = None  # resource limits, enforced from outside
-    held: bool = False               # started ahead of its turn (prestart.py): runs from `release()`, timed from it
+    preload: Optional[tuple[str, ...]] = None  # a Python script that imports these installed modules: it may be
+                                               # forked from a warm server that has imported them (forkserver.py)
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,6 @@ class JobResult:
 
 
 class JobHandle(ABC):
-    def release(self) -> None:
-        """Let a held job run (prestart.py); its wall-clock limit counts from here. Nothing for other jobs."""
-
     @abstractmethod
     def wait(self) -> JobResult:
         """Block until the job ends (or is killed at its deadline)."""
@@ -79,7 +80,6 @@ class Executor(ABC):
     """Runs jobs on slots. `interrupt()` (from any thread) stops every job in flight: each reports interrupted."""
 
     name: str = ""
-    holds = False  # can start a job held (Job.held), to be released later
     stop: threading.Event  # set by interrupt(); created on first use
 
     @abstractmethod
@@ -100,7 +100,10 @@ class Executor(ABC):
         return runner.run(spec, slot)
 
     def close(self) -> None:
-        """Give back what the executor holds (a cluster connection)."""
+        """Give back what the executor holds (a cluster connection, warm servers)."""
+
+    def warm(self, job: Job, slot: Slot) -> None:
+        """Get ready to start jobs like `job` on `slot` soon (the local executor starts its fork server)."""
 
     @abstractmethod
     def start(self, job: Job, slot: Slot) -> JobHandle:
@@ -130,44 +133,29 @@ def register(name: str):
 
 
 class _LocalHandle(JobHandle):
-    def __init__(self, job: Job, stop: Optional[threading.Event] = None, cpus: tuple = ()):
-        self.job = job
-        self.stop = stop
-        job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        jailed = job.jail is not None and sandbox.check("required" if job.jail.required else "auto")
-        argv = sandbox.command(job.argv, job.jail if jailed else None, job.limits)
+    """A job running here as a process group of its own: its deadline, its limits and its pid file. Started by
+    a subclass, which says how to learn its exit status (`_reap`)."""
+
+    pid: int
+    exit_code: Optional[int] = None
+
+    def _watch(self, job: Job, pid: int, stop: Optional[threading.Event], log_start: int) -> None:
+        self.job, self.pid, self.stop = job, pid, stop
         self.started = time.monotonic()
-        with open(job.log_path, "ab") as log:
-            log_start = log.tell()
-            self.process = subprocess.Popen(argv, cwd=job.cwd, env=job.env,
-                                            stdin=subprocess.PIPE if job.held else subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        if cpus and hasattr(os, "sched_setaffinity"):  # the slot's cores, before the program starts its threads
-            try:
-                os.sched_setaffinity(self.process.pid, cpus)
-            except OSError:
-                pass
-        self.monitor = sandbox.Monitor(self.process.pid, job.limits, job.log_path, log_start) if job.limits else None
-        self.pidfd = _pidfd(self.process.pid)
+        self.monitor = sandbox.Monitor(pid, job.limits, job.log_path, log_start) if job.limits else None
+        self.pidfd = _pidfd(pid)
         self.cancelled = False
         if job.pid_file:
-            job.pid_file.parent.mkdir(parents=True, exist_ok=True)
-            job.pid_file.write_text(f"{self.process.pid} {_start_time(self.process.pid)}")
+            _write_pid_file(job.pid_file, pid)
 
-    def release(self) -> None:
-        if self.process.stdin is None:
-            return
-        self.started = time.monotonic()
-        try:
-            self.process.stdin.write(prestart.GO)
-            self.process.stdin.close()
-        except OSError:  # it ended while held: `wait` reports how
-            pass
+    def _reap(self, block: bool) -> Optional[tuple[int, float]]:
+        """(exit code, peak RSS in MB) once the process has ended, else None."""
+        raise NotImplementedError
 
     def _signal_group(self, sig: int) -> bool:
         """Signal the job's process group; False when none of it is left."""
         try:
-            os.killpg(self.process.pid, sig)
+            os.killpg(self.pid, sig)
         except ProcessLookupError:
             return False
         except PermissionError:
@@ -184,34 +172,17 @@ class _LocalHandle(JobHandle):
     def _end_group(self) -> float:
         """Kill whatever the job left behind in its group, forget its pid file; when the group was gone."""
         left = self._signal_group(signal.SIGKILL)
-        gone = sandbox.wait_gone(self.process.pid) if left else time.monotonic()
+        gone = sandbox.wait_gone(self.pid) if left else time.monotonic()
         if self.job.pid_file:
             self.job.pid_file.unlink(missing_ok=True)
         return gone
 
     def _close(self) -> None:
-        if self.process.stdin is not None and not self.process.stdin.closed:  # cancelled while held
-            try:
-                self.process.stdin.close()
-            except OSError:
-                pass
         if self.monitor:
             self.monitor.stop()
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
-
-    def _reap(self, block: bool) -> Optional[tuple[int, float]]:
-        """(exit code, peak RSS in MB) once the process has ended, else None."""
-        try:
-            pid, status, usage = os.wait4(self.process.pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            return (self.process.returncode if self.process.returncode is not None else -1, 0.0)
-        if pid == 0:
-            return None
-        self.process.returncode = os.waitstatus_to_exitcode(status)
-        scale = 1 / 1024 / 1024 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, KiB on Linux
-        return self.process.returncode, usage.ru_maxrss * scale
 
     def _kill(self) -> tuple[int, float]:
         self._signal_group(signal.SIGTERM)
@@ -234,6 +205,7 @@ class _LocalHandle(JobHandle):
                 break
             self._pause(pause)
             pause = min(pause * 2, 0.05)
+        self.exit_code = done[0]
         gone = self._end_group()
         seconds = time.monotonic() - self.started
         overshoot = gone - deadline if timed_out else None
@@ -252,26 +224,218 @@ class _LocalHandle(JobHandle):
 
     def cancel(self) -> None:
         self.cancelled = True
-        if self.process.returncode is None:
-            self._kill()
+        if self.exit_code is None:
+            self.exit_code = self._kill()[0]
             self._end_group()
         self._close()
 
 
+class _SpawnedHandle(_LocalHandle):
+    """A job started as a child process of the harness."""
+
+    def __init__(self, job: Job, stop: Optional[threading.Event] = None, cpus: tuple = ()):
+        job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        jailed = job.jail is not None and sandbox.check("required" if job.jail.required else "auto")
+        argv = sandbox.command(job.argv, job.jail if jailed else None, job.limits)
+        with open(job.log_path, "ab") as log:
+            log_start = log.tell()
+            self.process = subprocess.Popen(argv, cwd=job.cwd, env=job.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _pin(self.process.pid, cpus)
+        self._watch(job, self.process.pid, stop, log_start)
+
+    def _reap(self, block: bool) -> Optional[tuple[int, float]]:
+        return _wait4(self.process, block)
+
+
+class _ForkedHandle(_LocalHandle):
+    """A job forked by a warm server (forkserver.py) for its kind of job on its slot."""
+
+    def __init__(self, job: Job, server: "_ForkServer", stop: Optional[threading.Event] = None):
+        job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.server = server
+        with open(job.log_path, "ab") as log:
+            log_start = log.tell()
+            pid = server.submit(job, log.fileno())
+        self._watch(job, pid, stop, log_start)
+
+    def _reap(self, block: bool) -> Optional[tuple[int, float]]:
+        return self.server.result(self.pid, block)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, but wake when the server says something (the job has ended)."""
+        select.select([self.server.channel], [], [], seconds)
+
+
+class _ForkServer:
+    """A warm server (forkserver.py) for one slot's jobs of one kind, started in the sandbox they get, with the
+    environment they get less AUTORESEARCH_*. It serves jobs one at a time; `key` says which jobs it can serve."""
+
+    START_SECONDS = 300.0  # how long the first job may wait for the server's imports before it is run without it
+
+    def __init__(self, job: Job, key: tuple, cpus: tuple):
+        self.key = key
+        self.pid_file = job.pid_file.with_name(job.pid_file.stem + ".server.pid") if job.pid_file else None
+        self.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        jailed = job.jail is not None and sandbox.check("required" if job.jail.required else "auto")
+        argv = sandbox.command([job.argv[0], forkserver.__file__, "--preload", ",".join(job.preload or ())],
+                               job.jail if jailed else None, job.limits)
+        log = self.pid_file.with_suffix(".log") if self.pid_file else Path(os.devnull)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with theirs, open(log, "ab") as out:
+            self.process = subprocess.Popen(argv, cwd=job.cwd, env=_server_env(job.env), stdin=theirs, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        _pin(self.process.pid, cpus)
+        if self.pid_file:
+            _write_pid_file(self.pid_file, self.process.pid)
+        self.ended: dict[int, tuple[int, float]] = {}
+        self.ready = False  # it has forked a job: its imports are done
+
+    def submit(self, job: Job, log_fd: int) -> int:
+        """Fork `job` (its output to `log_fd`); the child's pid. Raises OSError when the server cannot."""
+        message = json.dumps({"argv": job.argv, "cwd": str(job.cwd), "env": job.env}).encode()
+        socket.send_fds(self.channel, [message], [log_fd])
+        reply = self._receive(None if self.ready else min(self.START_SECONDS, job.timeout))
+        if reply is None or "pid" not in reply or "exit" in reply:
+            raise OSError("the fork server did not start the job")
+        self.ready = True
+        return int(reply["pid"])
+
+    def result(self, pid: int, block: bool) -> Optional[tuple[int, float]]:
+        """(exit code, peak RSS in MB) once job `pid` has ended, else None. A server gone reports -1."""
+        while pid not in self.ended:
+            reply = self._receive(None if block else 0.0)
+            if reply is None:
+                if block or self.process.poll() is not None:
+                    return (-1, 0.0)
+                return None
+            if "exit" in reply:
+                self.ended[int(reply["pid"])] = (int(reply["exit"]), reply.get("maxrss_kb", 0) / 1024)
+        return self.ended.pop(pid)
+
+    def _receive(self, timeout: Optional[float]) -> Optional[dict]:
+        """The server's next message; None at the timeout or when it has gone."""
+        if timeout is not None and not select.select([self.channel], [], [], timeout)[0]:
+            return None
+        try:
+            message = self.channel.recv(forkserver.MESSAGE_BYTES)
+        except OSError:
+            return None
+        return json.loads(message) if message else None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        self.channel.close()  # it exits when it sees the socket closed; its group is killed all the same
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+        if self.pid_file:
+            self.pid_file.unlink(missing_ok=True)
+
+
+def _server_env(env: dict[str, str]) -> dict[str, str]:
+    """A job's environment less what changes from run to run (seed, budget, split): what its server starts with."""
+    return {k: v for k, v in env.items() if not k.startswith("AUTORESEARCH_")}
+
+
+def _server_key(job: Job, cpus: tuple) -> tuple:
+    """What a server fixes for the jobs it forks: its sandbox (the mounts are made when it starts, so a
+    directory made anew since is a different one), limits, environment, interpreter, imports and cores."""
+    def identity(path: Path) -> tuple:
+        try:
+            stat = path.stat()
+        except OSError:
+            return (str(path), None)
+        return (str(path), stat.st_dev, stat.st_ino)
+
+    jail = job.jail and (job.jail, tuple(identity(p) for p in (*job.jail.writable, *job.jail.hidden)))
+    return (jail, job.limits, tuple(sorted(_server_env(job.env).items())), job.argv[0], job.preload, cpus)
+
+
 @register("local")
 class LocalExecutor(Executor):
-    """Child processes on this machine: one slot per visible GPU, or one CPU slot."""
+    """Child processes on this machine: one slot per visible GPU, or one CPU slot. On Linux, a job that is a
+    Python script (Job.preload) is forked from a warm server per slot and kind of job (forkserver.py)."""
 
-    holds = True
+    forks = sys.platform.startswith("linux") and hasattr(os, "fork")
 
     def __init__(self, device: str = "auto", workers: Optional[int] = None):
         self._slots = local_slots(device, workers)
+        self._servers: dict[tuple[str, str], _ForkServer] = {}
+        self._lock = threading.Lock()
 
     def slots(self) -> list[Slot]:
         return list(self._slots)
 
     def start(self, job: Job, slot: Slot) -> JobHandle:
-        return _LocalHandle(job, self.stopping(), slot.cpus)
+        server = self._server(job, slot)
+        if server is not None:
+            try:
+                return _ForkedHandle(job, server, self.stopping())
+            except OSError:  # the server died or never got ready: this job starts as a process of its own
+                self._retire(job, slot)
+        return _SpawnedHandle(job, self.stopping(), slot.cpus)
+
+    def warm(self, job: Job, slot: Slot) -> None:
+        self._server(job, slot)
+
+    def _server(self, job: Job, slot: Slot) -> Optional[_ForkServer]:
+        """The slot's server for `job`, started now where there is none that can serve it."""
+        if not (self.forks and job.preload is not None):
+            return None
+        key = _server_key(job, slot.cpus)
+        name = (slot.name, job.pid_file.name if job.pid_file else "")
+        with self._lock:
+            server = self._servers.get(name)
+            if server is not None and (server.key != key or not server.alive()):
+                server.close()
+                server = None
+            if server is None:
+                server = self._servers[name] = _ForkServer(job, key, slot.cpus)
+            return server
+
+    def _retire(self, job: Job, slot: Slot) -> None:
+        with self._lock:
+            server = self._servers.pop((slot.name, job.pid_file.name if job.pid_file else ""), None)
+        if server is not None:
+            server.close()
+
+    def close(self) -> None:
+        with self._lock:
+            servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
+            server.close()
+
+
+def _pin(pid: int, cpus: tuple) -> None:
+    """Pin a process to the slot's cores (Linux), before it starts its threads."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:
+            pass
+
+
+def _write_pid_file(path: Path, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{pid} {_start_time(pid)}")
+
+
+def _wait4(process: subprocess.Popen, block: bool) -> Optional[tuple[int, float]]:
+    """(exit code, peak RSS in MB) once the child `process` has ended, else None."""
+    try:
+        pid, status, usage = os.wait4(process.pid, 0 if block else os.WNOHANG)
+    except ChildProcessError:
+        return (process.returncode if process.returncode is not None else -1, 0.0)
+    if pid == 0:
+        return None
+    process.returncode = os.waitstatus_to_exitcode(status)
+    scale = 1 / 1024 / 1024 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, KiB on Linux
+    return process.returncode, usage.ru_maxrss * scale
 
 
 def kill_leftovers(directory: Path) -> list[int]:

@@ -173,7 +173,11 @@ def _remote_run(payload: dict, data: bytes) -> dict:
                                    directory=target.runs / "run")
         local = Slot(slot.name, slot.device, slot.threads,
                      visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES") if slot.device == "cuda" else None)
-        record = Runner(target, LocalExecutor(slot.device), payload["protected"]).run(spec, local)
+        executor = LocalExecutor(slot.device)
+        try:
+            record = Runner(target, executor, payload["protected"]).run(spec, local)
+        finally:
+            executor.close()
         log = spec.directory / "log.txt"
         out, size = {}, 0
         for path in sorted((spec.directory / "out").glob("*")):

@@ -15,12 +15,13 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import prestart, sandbox
+from . import forkserver, sandbox
 from .budget import Budget
 from .executor import Executor, Job, JobResult, Slot
 from .gitrepo import Git
@@ -106,18 +107,24 @@ class Runner:
         data = self.target.data
         return tuple(sorted(p for p in data.iterdir() if p.name != "train")) if data.is_dir() else ()
 
+    def staging(self, slot: Slot) -> Path:
+        """The slot's output directory while a run is in flight, the same for every run (a warm server's sandbox
+        binds it once; see forkserver.py); the files move to the run's own `out/` when it ends."""
+        return self.target.state / "slots" / slot.name / "out"
+
     def run(self, spec: RunSpec, slot: Slot) -> RunRecord:
         config = self.target.config
-        out = spec.directory / "out"
+        out = self.staging(slot)
         log = spec.directory / "log.txt"
-        out.mkdir(parents=True, exist_ok=True)
+        _empty(out)  # what a run cut short by a killed harness left
+        spec.directory.mkdir(parents=True, exist_ok=True)
         started, started_at = time.monotonic(), time.time()
 
-        def job(command: str, data: Path, jail: Optional[Jail], argv: Optional[list[str]] = None) -> Job:
-            held = argv is not None
-            return Job(argv or command_argv(command), spec.worktree, self.env(spec, slot, out, data), spec.timeout,
-                       log, self.target.pids / f"{slot.name}{'.evaluate' if held else ''}.pid", jail,
-                       config.sandbox.limits(), held=held)
+        def job(command: str, data: Path, jail: Optional[Jail], kind: str = "") -> Job:
+            argv = command_argv(command)
+            return Job(argv, spec.worktree, self.env(spec, slot, out, data), spec.timeout, log,
+                       self.target.pids / f"{slot.name}{kind}.pid", jail, config.sandbox.limits(),
+                       preload=forkserver.script_imports(argv, self.target.root, spec.worktree))
 
         def announce(command: str) -> None:
             with open(log, "a") as handle:
@@ -130,12 +137,10 @@ class Runner:
             return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=RunState.REJECTED, metric=None,
                              reason=problem, log_path=str(log), flags=tuple(flags), slot=slot.name,
                              started_at=started_at)
-        # the evaluator starts with training, to load its imports meanwhile; it runs on the word (prestart.py)
-        evaluator, early = None, config.commands.evaluate and self.executor.holds and prestart.command(
-            command_argv(config.commands.evaluate), self.target.root, spec.worktree)
-        if early:
-            evaluator = self.executor.start(job(config.commands.evaluate, self.target.data, self.jail((out,)), early),
-                                            slot)
+        evaluate = config.commands.evaluate and job(config.commands.evaluate, self.target.data, self.jail((out,)),
+                                                    ".evaluate")
+        if evaluate:
+            self.executor.warm(evaluate, slot)  # its imports load while training runs
         try:
             train_jail = self.jail((spec.worktree, out), self.held_out())
             announce(config.commands.train)
@@ -164,11 +169,7 @@ class Runner:
                     flags.append(Flag("tamper", problem))
             if state is RunState.OK and config.commands.evaluate:
                 announce(config.commands.evaluate)
-                if evaluator is not None:
-                    evaluator.release()
-                    result = evaluator.wait()
-                else:
-                    result = self.executor.run(job(config.commands.evaluate, self.target.data, self.jail((out,))), slot)
+                result = self.executor.run(evaluate, slot)
                 peak = max(peak or 0, result.peak_rss_mb or 0) or None
                 state, reason = _judge_exit("evaluate", result, spec)
                 if result.exit_code == EVALUATOR_REJECTS and not (result.timed_out or result.interrupted):
@@ -200,8 +201,7 @@ class Runner:
                              reason=reason, log_tail=text[-LOG_TAIL_CHARS:], log_path=str(log), flags=tuple(flags),
                              slot=slot.name, started_at=started_at)
         finally:
-            if evaluator is not None:
-                evaluator.cancel()  # it never ran (training failed), or it has ended: nothing left to stop
+            _move_into(out, spec.directory / "out")
 
     def _tampering(self, spec: RunSpec, before: bool) -> Optional[str]:
         """Before training: is the commit and worktree what was approved? After: did training change them?"""
@@ -241,6 +241,27 @@ class Runner:
         if not isinstance(data, dict):
             return {}
         return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _empty(directory: Path) -> None:
+    """Make `directory` exist and hold nothing, keeping the directory itself (a sandbox may have it bound)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _move_into(staging: Path, destination: Path) -> None:
+    """Everything in `staging` moved into `destination` (created), leaving `staging` empty."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for path in staging.iterdir():
+        try:
+            path.replace(destination / path.name)
+        except OSError:  # another file system, or a directory there already
+            shutil.move(str(path), str(destination / path.name))
+    _empty(staging)
 
 
 def _judge_exit(step: str, result: JobResult, spec: RunSpec) -> tuple[RunState, str]:
