@@ -130,13 +130,15 @@ def make_target(root: Path, budget: str) -> Target:
 
 def measure(target: Target, tag: str, slots: int, pipeline: bool, latency: float, experiments: int,
             budget: Budget) -> dict:
-    session = Session.open(target, SlowSearch(latency), "search", LocalExecutor("cpu", slots if slots > 1 else None),
-                           tag=tag, budget=budget, say=lambda text: None)
+    executor = LocalExecutor("cpu", slots if slots > 1 else None)
+    session = Session.open(target, SlowSearch(latency), "search", executor, tag=tag, budget=budget,
+                           say=lambda text: None)
     try:
         session.run(experiments, final_test=False, pipeline=pipeline)
         done = session.ledger.experiments(tag)
     finally:
         session.close()
+        executor.close()
     baseline, rest = done[0], [e for e in done[1:] if e.state is not State.INTERRUPTED]
     start, end = baseline.finished_at, max(e.finished_at for e in rest)
     runs = [r for e in rest for r in e.runs if r.state is RunState.OK]

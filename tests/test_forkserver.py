@@ -146,12 +146,15 @@ def test_close_ends_the_servers_and_forgets_them(setup, tmp_path):
         os.kill(server_pid, 0)
 
 
-def test_only_a_python_script_run_by_this_interpreter_is_forked(tmp_path):
+def test_only_python_scripts_and_modules_run_by_this_interpreter_are_forked(tmp_path):
     (tmp_path / "evaluate.py").write_text("import json\nimport helper\n")
     (tmp_path / "helper.py").write_text("")
     assert forkserver.script_imports([sys.executable, "evaluate.py"], tmp_path, tmp_path) == ("json",)
     assert forkserver.script_imports(["/usr/bin/env", "evaluate.py"], tmp_path, tmp_path) is None
-    assert forkserver.script_imports([sys.executable, "-m", "evaluate"], tmp_path, tmp_path) is None
+    assert forkserver.script_imports([sys.executable, "-c", "pass"], tmp_path, tmp_path) is None
+    guarded = [sys.executable, "-m", "autoresearch.guard", "evaluate.py"]
+    assert forkserver.script_imports(guarded, tmp_path, tmp_path) == ("autoresearch.guard", "json")
+    assert forkserver.script_imports([sys.executable, "-m", "helper"], tmp_path, tmp_path) == ()  # beside: not early
     source = ("from __future__ import annotations\nimport os, numpy.linalg\nfrom torch import nn\n"
               "import train\nfrom sampler import batches\nfrom . import sibling\n"
               "def later():\n    import json\n")
@@ -241,3 +244,20 @@ def test_a_job_without_a_preload_list_is_spawned(setup, tmp_path):
     assert code == 0
     assert importers(marks) == [int(log.split("pid ")[1].split()[0])]  # the script's own process imported it
     assert not (tmp_path / "pids" / "slot.server.pid").exists()
+
+
+def test_a_module_runs_as_under_python_m(setup, tmp_path):
+    executor, work, marks = setup
+    (work / "tool.py").write_text("import sys, marker\nprint(f'module {__name__} argv {sys.argv} path0 {sys.path[0]}')\n"
+                                  "sys.exit(int(sys.argv[1]))\n")
+    module = dataclasses.replace(job(work, tmp_path, "m"), argv=[sys.executable, "-m", "tool", "5"], preload=("marker",))
+    code, log = run(executor, module)
+    assert code == 5 and f"module __main__ argv ['{work / 'tool.py'}', '5'] path0 {work}" in log
+    guarded = dataclasses.replace(job(work, tmp_path, "g", AUTORESEARCH_DATA=str(tmp_path / "data" / "train"),
+                                      AUTORESEARCH_OUT=str(tmp_path)),
+                                  argv=[sys.executable, "-m", "autoresearch.guard", "script.py", "--flag", "g"],
+                                  preload=("autoresearch.guard", "marker", "numpy"))
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    code, log = run(executor, guarded)
+    assert code == 0 and "argv ['--flag', 'g']" in log, log
+    assert len(importers(marks)) == 2  # one server per command line's imports: the module's, then the guard's

@@ -51,8 +51,9 @@ class Job:
     pid_file: Optional[Path] = None  # names the job's process group while it runs (see kill_leftovers)
     jail: Optional[Jail] = None      # run isolated (where possible; see Jail.required)
     limits: Optional[Limits] = None  # resource limits, enforced from outside
-    preload: Optional[tuple[str, ...]] = None  # a Python script that imports these installed modules: it may be
-                                               # forked from a warm server that has imported them (forkserver.py)
+    # A Python script (or module) importing these installed modules: it may be forked from a warm server that
+    # has imported them (forkserver.py). None: not a Python script, or not to be forked.
+    preload: Optional[tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ over its standard input, a Unix socket:
     server  -> harness  {"pid": PID, "exit": CODE, "maxrss_kb": KB}   it has ended
 
 The child runs the script as `python SCRIPT.py ARGS` would: as `__main__`, read from disk only now, its
-directory first on sys.path, stdin at EOF, stdout and stderr to the log, the job's environment. It ends without
+directory first on sys.path, stdin at EOF, stdout and stderr to the log, the job's environment (and
+`python -m MODULE ARGS` likewise, the working directory first on sys.path). It ends without
 tearing the interpreter down: its non-daemon threads are joined, its atexit functions run and its open files
 flushed, then os._exit. Differences from a fresh interpreter: the installed modules are already imported (with
 the environment the server started with, which the executor keeps equal to the job's but for AUTORESEARCH_*),
@@ -62,20 +63,38 @@ def preloads(script_source: str, local_names: set[str]) -> list[str]:
 
 
 def script_imports(argv: list[str], root, worktree) -> tuple[str, ...] | None:
-    """What a server for `argv` preloads, or None where `argv` cannot be forked: only `python SCRIPT.py ...`
-    run by this interpreter. The imports are read from the script's copy under `root` (the target's own)."""
+    """What a server for `argv` preloads, or None where `argv` cannot be forked: only `python SCRIPT.py ...` and
+    `python -m MODULE ...` run by this interpreter. A script's imports are read from its copy under `root` (the
+    target's own). A module is preloaded itself unless the worktree has one of its name, and where its first
+    argument is a script (`python -m autoresearch.guard train.py`), so are that script's imports."""
+    if len(argv) < 2 or argv[0] != sys.executable:
+        return None
+    if argv[1] == "-m" and len(argv) > 2:
+        own = _imports(argv[3], root, worktree) if len(argv) > 3 and argv[3].endswith(".py") else ()
+        local = argv[2].split(".")[0] in _neighbours(worktree)
+        return own if local else (argv[2], *own)
+    return _imports(argv[1], root, worktree) if argv[1].endswith(".py") else None
+
+
+def _imports(script: str, root, worktree) -> tuple[str, ...]:
     from pathlib import Path
 
-    if len(argv) < 2 or argv[0] != sys.executable or not argv[1].endswith(".py"):
-        return None
-    script = Path(argv[1])
-    trusted = Path(root) / script if not script.is_absolute() else script
+    path = Path(script)
     try:
-        source = trusted.read_text()
-        neighbours = {p.stem if p.suffix == ".py" else p.name for p in (Path(worktree) / script).parent.iterdir()}
+        source = (path if path.is_absolute() else Path(root) / path).read_text()
     except (OSError, UnicodeDecodeError):
         return ()  # a script the target does not have in its root: forked all the same, with nothing preloaded
-    return tuple(preloads(source, neighbours))
+    return tuple(preloads(source, _neighbours((Path(worktree) / path).parent)))
+
+
+def _neighbours(directory) -> set[str]:
+    """The names a module beside a script in `directory` could be imported by."""
+    from pathlib import Path
+
+    try:
+        return {p.stem if p.suffix == ".py" else p.name for p in Path(directory).iterdir()}
+    except OSError:
+        return set()
 
 
 # ---------------------------------------------------------------------------- the server (inside the sandbox)
@@ -141,14 +160,24 @@ def _child(job: dict, log_fd: int) -> None:
 
 
 def run_script(argv: list[str]) -> int:
-    """`argv[0]` run as `python argv[0] argv[1:]` runs it, in this process; its exit status."""
+    """`python argv...` (argv: `SCRIPT.py ARGS` or `-m MODULE ARGS`) run in this process; its exit status."""
     import runpy
 
-    script = os.path.abspath(argv[0])
-    sys.argv = [script, *argv[1:]]
-    sys.path.insert(0, os.path.dirname(script))
+    script = ""
     try:
-        runpy.run_path(script, run_name="__main__")
+        if argv[0] == "-m":
+            import importlib.util
+
+            sys.argv = [argv[1], *argv[2:]]  # the module's path replaces argv[0] as it starts, as under python -m
+            sys.path.insert(0, os.getcwd())
+            spec = importlib.util.find_spec(argv[1])
+            script = spec.origin if spec and spec.origin else script
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            script = os.path.abspath(argv[0])
+            sys.argv = [script, *argv[1:]]
+            sys.path.insert(0, os.path.dirname(script))
+            runpy.run_path(script, run_name="__main__")
         return 0
     except SystemExit as exit:
         if exit.code is None or isinstance(exit.code, int):
@@ -177,8 +206,9 @@ def _finish(code: int) -> int:
             if thread is not current and not thread.daemon:
                 thread.join()
         atexit._run_exitfuncs()
-        writers = (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom)  # exact types: isinstance would touch
-        for obj in gc.get_objects():                                       # every object's __class__ (slow, noisy)
+        # exact types: isinstance would read every object's __class__ (slow, and some lazy modules warn)
+        writers = (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom)
+        for obj in gc.get_objects():
             if type(obj) in writers and not obj.closed:
                 try:
                     obj.flush()
