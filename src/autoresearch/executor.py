@@ -343,6 +343,11 @@ def _server_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith("AUTORESEARCH_")}
 
 
+def _server_name(job: Job, slot: Slot) -> tuple[str, str]:
+    """Which of the executor's servers a job would use: one per slot and kind of job (its pid file's name)."""
+    return slot.name, job.pid_file.name if job.pid_file else ""
+
+
 def _server_key(job: Job, cpus: tuple) -> tuple:
     """What a server fixes for the jobs it forks: its sandbox (the mounts are made when it starts, so a
     directory made anew since is a different one), limits, environment, interpreter, imports and cores."""
@@ -388,8 +393,7 @@ class LocalExecutor(Executor):
         """The slot's server for `job`, started now where there is none that can serve it."""
         if not (self.forks and job.preload is not None):
             return None
-        key = _server_key(job, slot.cpus)
-        name = (slot.name, job.pid_file.name if job.pid_file else "")
+        key, name = _server_key(job, slot.cpus), _server_name(job, slot)
         with self._lock:
             server = self._servers.get(name)
             if server is not None and (server.key != key or not server.alive()):
@@ -401,7 +405,7 @@ class LocalExecutor(Executor):
 
     def _retire(self, job: Job, slot: Slot) -> None:
         with self._lock:
-            server = self._servers.pop((slot.name, job.pid_file.name if job.pid_file else ""), None)
+            server = self._servers.pop(_server_name(job, slot), None)
         if server is not None:
             server.close()
 
