@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoresearch import target as target_module
 from autoresearch.budget import Budget
-from autoresearch.cli import prepare
+
+from prepared_target import prepared_target
 
 
 def train(root: Path, out: Path, seed: int, budget: Budget) -> None:
@@ -42,9 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     budget = Budget.parse(args.budget)
     with tempfile.TemporaryDirectory() as work:
-        target = target_module.Target.open(target_module.init(Path(work) / "gpt"))
-        if prepare(target, args.data) != 0:
-            sys.exit(f"preparing --data {args.data} failed")
+        target = prepared_target(Path(work) / "gpt", args.data)
         root = target.root
         for seed in (0, 1):
             train(root, Path(work) / f"seed{seed}", seed, budget)

@@ -35,24 +35,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-from autoresearch import knobs, target as target_module
+from autoresearch import knobs
 from autoresearch.budget import Budget
-from autoresearch.cli import prepare
 from autoresearch.config import JudgeSection
 from autoresearch.executor import LocalExecutor
 from autoresearch.records import RunState
 from autoresearch.runner import Runner, RunSpec
 from autoresearch.stats import Rule, pooled_noise, verdict
 
+from prepared_target import prepared_target
+
 CALIBRATION = JudgeSection().calibrate_seeds  # baseline runs a session calibrates on (the default)
 CHANGE = ("MATRIX_LR", 0.5)  # the real change: this constant times this factor
 
 
 def run_pools(work: Path, data: str, budget: Budget, seeds: int, device: str) -> dict[str, list[float]]:
-    root = target_module.init(work / "target")
-    target = target_module.Target.open(root)
-    if prepare(target, data) != 0:
-        sys.exit(f"preparing --data {data} failed")
+    target = prepared_target(work / "target", data)
+    root = target.root
     variant = work / "variant"
     shutil.copytree(root, variant, ignore=shutil.ignore_patterns(".autoresearch", ".git"))
     source = (variant / "train.py").read_text()

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoresearch import target as target_module
 from autoresearch.budget import Budget
-from autoresearch.cli import prepare
 from autoresearch.executor import LocalExecutor
 from autoresearch.runner import Runner, RunSpec
+
+from prepared_target import prepared_target
 
 
 def main() -> None:
@@ -34,9 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     budget = Budget.parse(args.budget)
     with tempfile.TemporaryDirectory() as work:
-        target = target_module.Target.open(target_module.init(Path(work) / "gpt"))
-        if prepare(target, args.data) != 0:
-            sys.exit(f"preparing --data {args.data} failed")
+        target = prepared_target(Path(work) / "gpt", args.data)
         overheads: dict[str, list[float]] = {"forked": [], "spawned": []}
         executors = {mode: LocalExecutor("cpu") for mode in overheads}
         executors["spawned"].forks = False

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from autoresearch import target as target_module
 from autoresearch.budget import Budget
-from autoresearch.cli import prepare
 from autoresearch.executor import LocalExecutor
 from autoresearch.records import RunState
 from autoresearch.runner import Runner, RunSpec
+
+from prepared_target import prepared_target
 
 NANOGPT_TRAIN = Path(__file__).resolve().parent / "nanogpt_train.py"
 IMPLEMENTATIONS = ("ours", "nanogpt")
@@ -74,10 +75,8 @@ def machine() -> dict:
 
 def set_up(work: Path, data: str) -> tuple[target_module.Target, dict[str, Path]]:
     """The built-in target with its data prepared, and the nanoGPT tree beside it."""
-    ours = target_module.init(work / "ours")
-    target = target_module.Target.open(ours)
-    if prepare(target, data) != 0:
-        sys.exit(f"preparing --data {data} failed")
+    target = prepared_target(work / "ours", data)
+    ours = target.root
     nano = work / "nanogpt"
     nano.mkdir()
     for name in ("sampler.py", "evaluate.py"):
