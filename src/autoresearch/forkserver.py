@@ -104,7 +104,9 @@ def serve(preload: list[str]) -> None:
     import importlib
     import warnings
 
-    warnings.filterwarnings("ignore", message=r".*fork\(\)", category=DeprecationWarning)  # Python >= 3.12: see above
+    # Python >= 3.12 warns about fork() in a process with threads; numpy's BLAS pool is one, and it stops itself
+    # across a fork (pthread_atfork). Nothing else here has started a thread.
+    warnings.filterwarnings("ignore", message=r".*fork\(\)", category=DeprecationWarning)
     for name in preload:
         try:
             importlib.import_module(name)
