@@ -113,6 +113,38 @@ def test_git_from_a_run_cannot_move_the_research_branch(tmp_path, isolate):
     assert_consistent(guarded)
 
 
+# The run points its worktree's .git file at a repository it made: HEAD is the approved commit (its objects borrowed
+# from the real repository), and its configuration names a program for git to run on the files (a filter). Git
+# run there by the harness, outside the jail, would run it.
+DOT_GIT_ATTACK = attack("lead the harness's git to a repository of the run's making", r"""import subprocess
+def _git(*args):
+    return subprocess.run(['git', *args], capture_output=True, text=True).stdout.strip()
+_head, _common = _git('rev-parse', 'HEAD'), os.path.abspath(_git('rev-parse', '--git-common-dir'))
+os.makedirs('.fake/objects/info')
+os.makedirs('.fake/refs')
+open('.fake/HEAD', 'w').write(_head + '\n')
+open('.fake/objects/info/alternates', 'w').write(os.path.join(_common, 'objects') + '\n')
+_ran = 'touch ' + os.path.join(os.path.dirname(os.path.dirname(_common)), 'ESCAPED')
+open('.fake/config', 'w').write('[filter "x"]\n\tclean = ' + _ran + '\n\tsmudge = ' + _ran + '\n')
+open('.gitattributes', 'w').write('* filter=x\n')
+open('.git', 'w').write('gitdir: .fake\n')
+os.utime(__file__)
+""")
+
+
+@pytest.mark.parametrize("isolate", ["auto", "off"])
+def test_a_rewritten_worktree_git_file_is_rejected_and_never_followed(tmp_path, isolate):
+    """The harness names each worktree's git directory itself and never reads the worktree's .git file: the run
+    is rejected, nothing of the run's is run by the harness, and the next experiment gets a repaired worktree."""
+    guarded = build_guarded(tmp_path, config=GUARDED_CONFIG + f'\n[sandbox]\nisolate = "{isolate}"\n')
+    session(guarded, [DOT_GIT_ATTACK, GOOD])
+    attempt, good = guarded.experiments()[1:]
+    assert attempt.state.value == "rejected" and ".git file was rewritten" in attempt.reason
+    assert not (tmp_path / "ESCAPED").exists()
+    assert good.state.value == "kept"
+    assert_consistent(guarded)
+
+
 def test_a_printed_metric_is_ignored_and_flagged(guarded):
     session(guarded, [attack("print a fake score", "print('score: 0.1')")])
     attempt = guarded.experiments()[1]

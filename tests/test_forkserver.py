@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from autoresearch import forkserver
+from autoresearch.agents import Agent, Proposal
 from autoresearch.budget import Budget
 from autoresearch.executor import Job, LocalExecutor
 from autoresearch.records import RunState
 from autoresearch.runner import Runner, RunSpec
 from autoresearch.sandbox import Jail, Limits
+from autoresearch.session import Session
 from autoresearch.target import Target
 from toy import build_guarded
 
@@ -235,6 +237,32 @@ def test_runs_share_the_servers_and_the_evaluators_imports_load_while_training_r
     finally:
         executor.close()
     assert not list((toy.root / ".autoresearch" / "pids").glob("*.pid"))
+
+
+class Commenting(Agent):
+    """Proposes train.py with one more comment line each time."""
+
+    name = "commenting"
+
+    def propose(self, context):
+        self.count = getattr(self, "count", 0) + 1
+        return Proposal(f"comment {self.count}", {"train.py": TRAIN + f"# {self.count}\n"})
+
+
+def test_a_pipelined_session_keeps_the_baselines_servers(toy, tmp_path):
+    toy, marks = toy
+    target, executor = Target.open(toy.root), LocalExecutor("cpu")
+    session = Session.open(target, Commenting(), "commenting", executor, tag="t", budget=Budget.parse("1s"),
+                           say=lambda text: None)
+    try:
+        session.run(2, final_test=False, pipeline=True)
+        done = session.ledger.experiments("t")
+    finally:
+        session.close()
+        executor.close()
+    assert [e.description for e in done] == ["baseline", "comment 1", "comment 2"]
+    assert all(run.state is RunState.OK for e in done for run in e.runs)
+    assert len(importers(marks)) == 2  # the baseline's training and evaluation servers served every run
 
 
 def test_a_job_without_a_preload_list_is_spawned(setup, tmp_path):

@@ -16,7 +16,7 @@ from autoresearch.agents.search import SearchAgent
 from autoresearch.config import load
 from autoresearch.executor import Slot, local_slots
 from autoresearch.records import RunState, State
-from autoresearch.runner import Runner, RunSpec
+from autoresearch.runner import MALLOC_TUNING, Runner, RunSpec
 from autoresearch.budget import Budget
 from autoresearch.target import Target
 from toy import TAG, alive, build_guarded, build_toy, children, group_alive, quick_judge, run_cli, wait_for
@@ -84,6 +84,19 @@ def test_gpu_slots_each_see_one_gpu(monkeypatch, tmp_path):
     spec = RunSpec(0, toy.root, 0, Budget.parse("1s"), 10, tmp_path / "run")
     env = Runner(Target.open(toy.root), None).env(spec, slots[1], tmp_path, tmp_path)
     assert (env["CUDA_VISIBLE_DEVICES"], env["AUTORESEARCH_DEVICE"]) == ("5", "cuda")
+
+
+def test_runs_get_malloc_tuning_unless_the_user_tunes_malloc(monkeypatch, tmp_path):
+    toy = build_toy(tmp_path)
+    spec = RunSpec(0, toy.root, 0, Budget.parse("1s"), 10, tmp_path / "run")
+    slot = local_slots("cpu", None)[0]
+    for name in [name for name in os.environ if name.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    env = Runner(Target.open(toy.root), None).env(spec, slot, tmp_path, tmp_path)
+    assert {name: env[name] for name in MALLOC_TUNING} == MALLOC_TUNING
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the user's own tuning wins, whole
+    env = Runner(Target.open(toy.root), None).env(spec, slot, tmp_path, tmp_path)
+    assert env["MALLOC_ARENA_MAX"] == "2" and not set(MALLOC_TUNING) & set(env)
 
 
 # ---------------------------------------------------------------- several workers

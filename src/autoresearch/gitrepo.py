@@ -31,20 +31,27 @@ class Change:
 
 
 class Git:
-    """A repository (or one of its worktrees) at `root`."""
+    """A repository at `root`, or one of its linked worktrees with `git_dir` its administrative directory (in the
+    repository's .git). A worktree's own `.git` file, which points there, is never read: a run may write its
+    worktree, and a `.git` it rewrote could lead the harness's git to a repository (and configuration, which can
+    name programs to run) of its making."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, git_dir: Optional[Path] = None):
         self.root = Path(root)
+        self.git_dir = git_dir
+
+    def _argv(self, args: tuple) -> list[str]:
+        where = ("--git-dir", str(self.git_dir), "--work-tree", str(self.root)) if self.git_dir else ()
+        return ["git", *_NO_PROGRAMS, *where, "-C", str(self.root), *args]
 
     def _exec(self, *args: str, input: Optional[str] = None) -> subprocess.CompletedProcess:
         env = {**_IDENTITY, **os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-        return subprocess.run(["git", *_NO_PROGRAMS, "-C", str(self.root), *args], input=input, capture_output=True,
-                              text=True, env=env)
+        return subprocess.run(self._argv(args), input=input, capture_output=True, text=True, env=env)
 
     def run_bytes(self, *args: str) -> bytes:
         """A git command's output as bytes (an archive)."""
         env = {**_IDENTITY, **os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-        result = subprocess.run(["git", *_NO_PROGRAMS, "-C", str(self.root), *args], capture_output=True, env=env)
+        result = subprocess.run(self._argv(args), capture_output=True, env=env)
         if result.returncode != 0:
             raise GitError(f"git {' '.join(args)} failed in {self.root}: {result.stderr.decode(errors='replace').strip()}")
         return result.stdout
@@ -111,24 +118,72 @@ class Git:
     # ---------------------------------------------------------------- worktrees
 
     def add_worktree(self, path: Path, commit: str) -> "Git":
-        """A fresh detached worktree at `path` (an old one there is removed first)."""
+        """A detached worktree at `path`, exactly `commit`. One of ours already there, intact, is reset and kept (a
+        warm server's sandbox is bound to the directory: a new one would need a new server); anything else there
+        is removed and the worktree made afresh."""
         path = Path(path)
+        kept = self.worktree(path)
+        if kept is not None and kept.dot_git_intact():
+            try:
+                kept.reset_to(commit)
+                return kept
+            except GitError:
+                pass
         self.run("worktree", "remove", "--force", str(path), check=False)
-        if path.exists():
+        if path.exists() or path.is_symlink():
             import shutil
-            shutil.rmtree(path)
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         self.run("worktree", "prune")
         self.run("worktree", "add", "-q", "--detach", "--force", str(path), commit)
-        return Git(path)
+        made = self.worktree(path)
+        if made is None:
+            raise GitError(f"git worktree add made no worktree at {path}")
+        return made
+
+    def worktree(self, path: Path) -> Optional["Git"]:
+        """This repository's linked worktree at `path`, found from the repository's side (its administrative
+        directories each record their worktree's path), or None."""
+        common = Path(self.run("rev-parse", "--git-common-dir").strip())
+        admin = (common if common.is_absolute() else self.root / common) / "worktrees"
+        dot_git = os.path.realpath(Path(path) / ".git")
+        for entry in admin.iterdir() if admin.is_dir() else ():
+            try:
+                recorded = (entry / "gitdir").read_text().strip()
+            except OSError:
+                continue
+            if os.path.realpath(entry / recorded) == dot_git:
+                return Git(Path(path), git_dir=entry.resolve())
+        return None
+
+    def dot_git_intact(self) -> bool:
+        """Does this worktree's `.git` file still point at its administrative directory (as git wrote it)?"""
+        dot_git = self.root / ".git"
+        if self.git_dir is None or dot_git.is_symlink() or not dot_git.is_file():
+            return False
+        try:
+            text = dot_git.read_text()
+        except (OSError, UnicodeDecodeError):
+            return False
+        if not text.startswith("gitdir: ") or text.count("\n") > 1:
+            return False
+        return os.path.realpath(self.root / text[len("gitdir: "):].strip()) == os.path.realpath(self.git_dir)
 
     def reset_to(self, commit: str) -> None:
-        """Make this worktree exactly `commit`: tracked files restored, untracked files removed."""
+        """Make this worktree exactly `commit`: tracked files restored, untracked files removed, its `.git` file
+        pointing where git made it point."""
+        if self.git_dir is not None and not self.dot_git_intact():
+            dot_git = self.root / ".git"
+            if dot_git.is_dir() and not dot_git.is_symlink():
+                import shutil
+                shutil.rmtree(dot_git)
+            dot_git.unlink(missing_ok=True)
+            dot_git.write_text(f"gitdir: {self.git_dir}\n")
         lock = Path(self.run("rev-parse", "--git-dir").strip())
         lock = (lock if lock.is_absolute() else self.root / lock) / "index.lock"
         if lock.exists():  # left by a git process killed with the harness; these worktrees are ours alone
             lock.unlink()
         self.run("checkout", "-q", "--detach", "--force", commit)
-        self.run("clean", "-q", "-fdx")
+        self.run("clean", "-q", "-ffdx")  # -ff: a repository a run made in it goes too
 
     def stage_changes(self) -> list[Change]:
         """Stage everything in the worktree and list what differs from HEAD."""

@@ -53,6 +53,8 @@ def commit_violation(git: Git, commit: str, reference: dict[str, str], config: C
 
 def worktree_violation(worktree: Git, commit: str) -> Optional[str]:
     """What a run changed in its worktree that the evaluator could be fooled by, or None."""
+    if worktree.git_dir is not None and not worktree.dot_git_intact():
+        return "the worktree's .git file was rewritten"
     head = worktree.resolve("HEAD")
     if head != commit:
         return f"the worktree's HEAD moved from {commit[:9]} to {(head or 'nothing')[:9]}"
