@@ -127,6 +127,32 @@ def test_importing_train_py_only_defines_things(tmp_path, monkeypatch):
     assert callable(train.build_model) and not list(tmp_path.iterdir())
 
 
+def test_hand_written_backwards_match_autograd():
+    train = load_module(TEMPLATE / "train.py", "gpt_train_grads")
+    x = torch.randn(2, 5, 2, 3, 8, dtype=torch.float64, requires_grad=True)  # [B, T, q/k, heads, head dim]
+    cos, sin = (t.double()[:5, None, None] for t in train.rotary_tables(5, 8))
+    assert torch.autograd.gradcheck(train.RMSNorm.apply, (x,))
+    assert torch.autograd.gradcheck(lambda t: train.NormRotate.apply(t, cos, sin), (x,))
+    # and the forward is the rotation it says: pair (i, i + D/2) of the normed vector turned by its position's angle
+    y = x / x.square().mean(-1, keepdim=True).add(1e-6).sqrt()
+    y1, y2 = y.chunk(2, dim=-1)
+    c, s = cos[..., :4], -sin[..., :4]
+    assert torch.allclose(train.NormRotate.apply(x, cos, sin), torch.cat([y1 * c - y2 * s, y2 * c + y1 * s], -1))
+
+
+def test_newton_schulz_on_the_gram_matrix_matches_the_direct_iteration():
+    train = load_module(TEMPLATE / "train.py", "gpt_train_muon")
+    torch.manual_seed(0)
+    g = torch.randn(3, 16, 64, dtype=torch.float64)
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / g.norm(dim=(-2, -1), keepdim=True)
+    for _ in range(5):
+        x = a * x + (b * (x @ x.mT) + c * (x @ x.mT) @ (x @ x.mT)) @ x
+    for wide in (g.float(), g.mT.float()):  # wide, and tall (transposed inside)
+        assert torch.allclose(train.orthogonalize(wide), (x if wide.size(-1) > wide.size(-2) else x.mT).float(),
+                              atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_model_trains_a_step_on_cuda_in_bf16():
     model = tiny_model(seq_len=64).cuda()
