@@ -8,7 +8,7 @@ val_bpb, their difference, the standard error of that difference from the spread
 differences (a ratio estimator: bits over bytes, window by window), and the seconds one evaluation of N tokens
 takes here. Every run is compared on the same tokens, so this error is not seed noise: it is how far a
 difference measured on N tokens may sit from the one on the whole validation text. Compare it with the
-seed-to-seed spread of a run (`benchmarks/gpt_cpu.py`). Not a test: it takes minutes.
+seed-to-seed spread of a run (`benchmarks/gpt_target.py`). Not a test: it takes minutes.
 """
 
 from __future__ import annotations

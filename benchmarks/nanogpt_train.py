@@ -6,7 +6,7 @@ matrices, linear warmup then cosine decay, gradient clipping, no dropout. Writte
 project in the manner of nanoGPT, not copied from it.
 
 It is the same size as the built-in model on the same device: depth, width, heads, sequence
-length and batch size are read from the built-in train.py (`reference_train.py` beside this file
+length, batch size and micro-batch are read from the built-in train.py (`reference_train.py` beside this file
 when present, else the template installed with autoresearch), resolved for the device, so the
 two stay matched when that file changes. Run it as a target's train.py, next to sampler.py:
 
@@ -33,8 +33,9 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------
 # Hyperparameters. The model's size is not here: it comes from the built-in train.py.
 
-LEARNING_RATE = 3e-3      # peak AdamW learning rate: best of 1e-3 / 3e-3 / 6e-3 on CPU, shakespeare, 700 steps
-                          # (2e-3 is steadier across seeds but worse on most; some seeds stall at 3e-3)
+LEARNING_RATE = {"cpu": 3e-3, "mps": 1e-3, "cuda": 6e-4}  # peak AdamW learning rate. CPU: best of 1e-3 / 3e-3 / 6e-3,
+    # shakespeare, 700 steps (2e-3 is steadier across seeds but worse on most; some seeds stall at 3e-3).
+    # CUDA: the larger model stalls at 3e-3 (train loss 2.44 after 60 s on an H100)
 MIN_LR_FRAC = 0.1         # the cosine decays to this fraction of the peak, as nanoGPT does
 WARMUP_FRAC = 0.02        # fraction of the budget spent warming up linearly
 WEIGHT_DECAY = 0.1        # AdamW weight decay on the 2D parameters (matrices and embeddings)
@@ -121,19 +122,19 @@ def build_model(**model_args):
 # Optimizer and schedule
 
 
-def make_optimizer(model, device):
+def make_optimizer(model, device, lr):
     params = list(model.parameters())  # the tied weight appears once
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     return torch.optim.AdamW([dict(params=decay, weight_decay=WEIGHT_DECAY), dict(params=no_decay, weight_decay=0.0)],
-                             lr=LEARNING_RATE, betas=ADAM_BETAS, fused=device.type == "cuda")
+                             lr=lr, betas=ADAM_BETAS, fused=device.type == "cuda")
 
 
-def lr_at(progress):
+def lr_at(progress, peak):
     if progress < WARMUP_FRAC:
-        return LEARNING_RATE * (progress + 1e-8) / WARMUP_FRAC
+        return peak * (progress + 1e-8) / WARMUP_FRAC
     decay = (progress - WARMUP_FRAC) / (1 - WARMUP_FRAC)
-    return LEARNING_RATE * (MIN_LR_FRAC + (1 - MIN_LR_FRAC) * 0.5 * (1 + math.cos(math.pi * min(decay, 1.0))))
+    return peak * (MIN_LR_FRAC + (1 - MIN_LR_FRAC) * 0.5 * (1 + math.cos(math.pi * min(decay, 1.0))))
 
 
 # ----------------------------------------------------------------------------
@@ -170,6 +171,8 @@ def main():
     preset = lambda value: value[device.type] if isinstance(value, dict) else value
     depth, head_dim = preset(ref.DEPTH), preset(ref.HEAD_DIM)
     seq_len, batch_size, untimed_steps = preset(ref.SEQ_LEN), preset(ref.BATCH_SIZE), preset(ref.UNTIMED_STEPS)
+    micro_batch = min(preset(getattr(ref, "MICRO_BATCH", batch_size)), batch_size)
+    accumulation = batch_size // micro_batch
     model_dim = math.ceil(depth * ref.ASPECT / head_dim) * head_dim  # as the built-in train.py sizes its model
     torch.manual_seed(seed)
     if device.type == "cuda":
@@ -183,11 +186,12 @@ def main():
                       n_head=model_dim // head_dim)
     raw_model = build_model(**model_args).to(device)
     model = torch.compile(raw_model) if preset(ref.COMPILE) else raw_model
-    optimizer = make_optimizer(raw_model, device)
+    peak_lr = preset(LEARNING_RATE)
+    optimizer = make_optimizer(raw_model, device, peak_lr)
     num_params = sum(p.numel() for p in raw_model.parameters())  # the tied weight counted once
     matrix_params = sum(m.weight.numel() for m in raw_model.blocks.modules() if isinstance(m, nn.Linear))
     flops_per_token = 6 * matrix_params + 6 * vocab_size * model_dim + 12 * depth * model_dim * seq_len
-    data = batches(data_dir, batch_size, seq_len, device, seed)
+    data = batches(data_dir, micro_batch, seq_len, device, seed)
     tokens_per_step = batch_size * seq_len
     print(f"device: {device} | budget: {budget:g} {budget_kind.lower()} | params: {num_params / 1e6:.2f}M | "
           f"depth {depth} width {model_dim} | batch {batch_size} x {seq_len} tokens | nanoGPT-style")
@@ -204,12 +208,15 @@ def main():
             break
         t0 = time.time()
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(progress)
-        with autocast:
-            logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
-        loss.backward()
-        x, y = next(data)
+            group["lr"] = lr_at(progress, peak_lr)
+        loss = 0.0
+        for _ in range(accumulation):
+            with autocast:
+                logits = model(x)
+            part = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)) / accumulation
+            part.backward()
+            loss += part.detach()
+            x, y = next(data)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -224,7 +231,7 @@ def main():
         if int(progress * 20) > logged or step == 1:
             logged = int(progress * 20)
             print(f"step {step:5d} | {100 * progress:5.1f}% | loss {smooth_loss / (1 - 0.9 ** step):.4f} | "
-                  f"lr {lr_at(progress):.2e} | {tokens_per_step / dt:,.0f} tok/s", flush=True)
+                  f"lr {lr_at(progress, peak_lr):.2e} | {tokens_per_step / dt:,.0f} tok/s", flush=True)
 
     # ----------------------------------------------------------------------------
     # Save the weights and a summary with the built-in train.py's keys

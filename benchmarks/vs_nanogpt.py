@@ -3,6 +3,7 @@
     python benchmarks/vs_nanogpt.py                              # 60s budget, 3 seeds, shakespeare
     python benchmarks/vs_nanogpt.py --budget 300steps --seeds 1 --data stdlib
     python benchmarks/vs_nanogpt.py --json results.json
+    python benchmarks/vs_nanogpt.py --only nanogpt --nanogpt-set 'LEARNING_RATE=2e-3' --seeds 1   # tune the baseline
 
 Makes a fresh target with `autoresearch.target.init`, prepares its data with its prepare command,
 and sets a second tree beside it whose train.py is benchmarks/nanogpt_train.py (with the target's
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -73,8 +75,8 @@ def machine() -> dict:
 # ----------------------------------------------------------------------------
 
 
-def set_up(work: Path, data: str) -> tuple[target_module.Target, dict[str, Path]]:
-    """The built-in target with its data prepared, and the nanoGPT tree beside it."""
+def set_up(work: Path, data: str, nanogpt_set: list[str]) -> tuple[target_module.Target, dict[str, Path]]:
+    """The built-in target with its data prepared, and the nanoGPT tree beside it (constants changed by NAME=VALUE)."""
     target = prepared_target(work / "ours", data)
     ours = target.root
     nano = work / "nanogpt"
@@ -82,20 +84,27 @@ def set_up(work: Path, data: str) -> tuple[target_module.Target, dict[str, Path]
     for name in ("sampler.py", "evaluate.py"):
         shutil.copyfile(ours / name, nano / name)
     shutil.copyfile(ours / "train.py", nano / "reference_train.py")
-    shutil.copyfile(NANOGPT_TRAIN, nano / "train.py")
+    source = NANOGPT_TRAIN.read_text()
+    for item in nanogpt_set:
+        name, _, value = item.partition("=")
+        source, n = re.subn(rf"^{re.escape(name)} = .*$", lambda _: f"{name} = {value}", source, flags=re.MULTILINE)
+        if n != 1:
+            sys.exit(f"--nanogpt-set {item}: no constant {name} in {NANOGPT_TRAIN.name}")
+    (nano / "train.py").write_text(source)
     return target, {"ours": ours, "nanogpt": nano}
 
 
-def race(target, trees: dict[str, Path], budget: Budget, seeds: int, device: str, work: Path) -> dict[str, list[dict]]:
+def race(target, trees: dict[str, Path], budget: Budget, seeds: int, device: str, work: Path,
+         names: tuple[str, ...] = IMPLEMENTATIONS) -> dict[str, list[dict]]:
     executor = LocalExecutor(device)
     slot = executor.slots()[0]
     runner = Runner(target, executor)
     timeout = target.config.budget.timeout or (2 * budget.value + 60 if budget.kind == "seconds" else 3600.0)
     print(f"slot {slot.name}: device {slot.device}, {slot.threads} threads | hard limit {timeout:.0f}s per command",
           flush=True)
-    results: dict[str, list[dict]] = {name: [] for name in IMPLEMENTATIONS}
+    results: dict[str, list[dict]] = {name: [] for name in names}
     for seed in range(seeds):
-        for name in IMPLEMENTATIONS:
+        for name in names:
             load = os.getloadavg()[0]
             spec = RunSpec(experiment_id=0, worktree=trees[name], seed=seed, budget=budget, timeout=timeout,
                            directory=work / "runs" / f"{name}-{seed}")
@@ -116,7 +125,8 @@ def race(target, trees: dict[str, Path], budget: Budget, seeds: int, device: str
 def report(results: dict[str, list[dict]], info: dict) -> dict:
     print()
     print(f"device: {info['device']} | torch {info['torch']} | python {info['python']} | cpu: {info['cpu']} "
-          f"({info['cores']} cores) | budget {info['budget']} | data {info['data']} | seeds {info['seeds']}")
+          f"({info['cores']} cores) | budget {info['budget']} | data {info['data']} | seeds {info['seeds']}"
+          + (f" | nanoGPT overrides {' '.join(info['nanogpt_set'])}" if info['nanogpt_set'] else ""))
     in_order = sorted(sum(results.values(), []), key=lambda r: (r["seed"], r["implementation"] != "ours"))
     print(f"load average (1 min) before each run, in run order: {', '.join(str(r['load_before']) for r in in_order)}")
     rows = [["implementation", *(heading for _, heading, _ in COLUMNS)]]
@@ -132,6 +142,8 @@ def report(results: dict[str, list[dict]], info: dict) -> dict:
         if i == 0:
             print("  ".join("-" * width for width in widths))
 
+    if len(results) < 2:
+        return {"info": info, "runs": results}
     ours, nano = results["ours"], results["nanogpt"]
     speed = (statistics.mean(r["tokens_per_second"] for r in ours)
              / statistics.mean(r["tokens_per_second"] for r in nano))
@@ -153,6 +165,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="runs per implementation, seeds 0..N-1")
     parser.add_argument("--data", default="shakespeare", help="data source for prepare.py: shakespeare or stdlib")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--only", choices=IMPLEMENTATIONS, help="run one implementation alone (no ratios)")
+    parser.add_argument("--nanogpt-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a constant of nanogpt_train.py, e.g. LEARNING_RATE=1e-3")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--workdir", help="keep the trees and runs here (default: a temporary directory, removed)")
     args = parser.parse_args()
@@ -166,13 +181,14 @@ def main() -> None:
     if work.exists() and any(work.iterdir()):
         sys.exit(f"--workdir {work} is not empty")
     try:
-        target, trees = set_up(work, args.data)
-        results = race(target, trees, budget, args.seeds, args.device, work)
+        target, trees = set_up(work, args.data, args.nanogpt_set)
+        results = race(target, trees, budget, args.seeds, args.device, work,
+                       (args.only,) if args.only else IMPLEMENTATIONS)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-    info = {"device": results["ours"][0].get("device", args.device), "budget": str(budget), "data": args.data,
-            "seeds": args.seeds, **machine()}
+    info = {"device": next(iter(results.values()))[0].get("device", args.device), "budget": str(budget),
+            "data": args.data, "seeds": args.seeds, "nanogpt_set": args.nanogpt_set, **machine()}
     out = report(results, info)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -223,6 +223,26 @@ def test_training_is_deterministic_for_a_steps_budget(trained, data_dir, tmp_pat
 
 
 @pytest.mark.slow
+def test_micro_batches_add_up_to_the_batch(worktree, data_dir, tmp_path):
+    weights, losses = [], []
+    for micro in ("4", "2"):  # BATCH_SIZE 4: in one pass, then in two
+        set_constants(worktree / "train.py", MICRO_BATCH=micro)
+        result = run(worktree, "train.py", data_dir, tmp_path / micro, budget=("STEPS", "1"))
+        assert result.returncode == 0, result.stderr
+        assert ("in 2 passes of 2" in result.stdout) == (micro == "2")
+        losses.append(float(re.search(r"loss (\S+)", result.stdout).group(1)))
+        weights.append(torch.load(tmp_path / micro / "model.pt")["state_dict"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # the same four sequences
+    for name, weight in weights[0].items():  # Muon's step from the same gradient, summed in another order
+        if name.startswith("blocks."):
+            assert torch.allclose(weights[1][name], weight, atol=1e-4), name
+
+    set_constants(worktree / "train.py", MICRO_BATCH="3")  # not a divisor of BATCH_SIZE: the largest one below it
+    result = run(worktree, "train.py", data_dir, tmp_path / "3", budget=("STEPS", "1"))
+    assert result.returncode == 0 and "in 2 passes of 2" in result.stdout
+
+
+@pytest.mark.slow
 def test_tokens_budget_rounds_up_to_whole_steps(worktree, data_dir, tmp_path):
     result = run(worktree, "train.py", data_dir, tmp_path / "out", budget=("TOKENS", "300"))  # 4 x 32 tokens a step
     assert result.returncode == 0, result.stderr

@@ -27,11 +27,14 @@ from sampler import batches
 # ----------------------------------------------------------------------------
 # Hyperparameters. A value, or a {device type: value} dict for what depends on the machine.
 
-DEPTH = {"cpu": 2, "mps": 4, "cuda": 6}      # transformer layers: the one complexity dial
+DEPTH = {"cpu": 2, "mps": 4, "cuda": 8}       # transformer layers: the one complexity dial
 ASPECT = 64               # model width = DEPTH * ASPECT, rounded up to a multiple of HEAD_DIM
-HEAD_DIM = {"cpu": 32, "mps": 64, "cuda": 128}   # channels per attention head
-SEQ_LEN = {"cpu": 128, "mps": 256, "cuda": 512}  # context length in tokens (also used by the evaluator)
-BATCH_SIZE = {"cpu": 16, "mps": 32, "cuda": 64}  # sequences per optimizer step
+HEAD_DIM = {"cpu": 32, "mps": 64, "cuda": 128}    # channels per attention head
+SEQ_LEN = {"cpu": 128, "mps": 256, "cuda": 2048}  # context length in tokens (also used by the evaluator)
+BATCH_SIZE = {"cpu": 16, "mps": 32, "cuda": 64}   # sequences per optimizer step
+MICRO_BATCH = {"cpu": 16, "mps": 32, "cuda": 64}  # at most this many sequences per forward pass: a step is split into
+                                                  # passes whose gradients add up. Lower it (not BATCH_SIZE) if the GPU
+                                                  # runs out of memory: the training stays the same
 SOFTCAP = 15.0            # logits are squashed into (-SOFTCAP, SOFTCAP) with tanh
 
 MATRIX_LR = 0.04          # Muon learning rate for the 2D weights inside the blocks
@@ -380,6 +383,8 @@ def main():
     budget_kind, budget = read_budget()
     preset = lambda value: value[device.type] if isinstance(value, dict) else value
     depth, head_dim, seq_len, batch_size = preset(DEPTH), preset(HEAD_DIM), preset(SEQ_LEN), preset(BATCH_SIZE)
+    micro_batch = max(n for n in range(1, min(preset(MICRO_BATCH), batch_size) + 1) if batch_size % n == 0)
+    accumulation = batch_size // micro_batch
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -397,10 +402,11 @@ def main():
     num_params = sum(p.numel() for p in raw_model.parameters())
     matrix_params = sum(p.numel() for p in raw_model.blocks.parameters())
     flops_per_token = 6 * matrix_params + 6 * vocab_size * model_dim + 12 * depth * model_dim * seq_len
-    data = batches(data_dir, batch_size, seq_len, device, seed)
+    data = batches(data_dir, micro_batch, seq_len, device, seed)
     tokens_per_step = batch_size * seq_len
     print(f"device: {device} | budget: {budget:g} {budget_kind.lower()} | params: {num_params / 1e6:.2f}M | "
-          f"depth {depth} width {model_dim} | batch {batch_size} x {seq_len} tokens")
+          f"depth {depth} width {model_dim} | batch {batch_size} x {seq_len} tokens"
+          + (f" in {accumulation} passes of {micro_batch}" if accumulation > 1 else ""))
 
     # ----------------------------------------------------------------------------
     # Training loop: runs until the budget is spent; the schedule follows the fraction used
@@ -424,11 +430,14 @@ def main():
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * lr_multiplier(progress)
         muon.param_groups[0]["momentum"] = 0.85 + (MUON_MOMENTUM - 0.85) * min(step / 300, 1)
-        with autocast:
-            logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
-        loss.backward()
-        x, y = next(data)  # fetch the next batch while the device works
+        loss = 0.0
+        for _ in range(accumulation):
+            with autocast:
+                logits = model(x)
+            part = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)) / accumulation
+            part.backward()
+            loss += part.detach()
+            x, y = next(data)  # fetch the next batch while the device works
         for opt in optimizers:
             opt.step()
         raw_model.zero_grad(set_to_none=True)
@@ -477,5 +486,5 @@ if __name__ == "__main__":
     try:
         main()
     except torch.OutOfMemoryError:
-        sys.exit(f"train.py: out of GPU memory; lower BATCH_SIZE, SEQ_LEN or DEPTH (device: "
-                 f"{os.environ.get('AUTORESEARCH_DEVICE', 'auto')})")
+        sys.exit(f"train.py: out of GPU memory; lower MICRO_BATCH (the same training in more passes), or SEQ_LEN "
+                 f"or DEPTH (device: {os.environ.get('AUTORESEARCH_DEVICE', 'auto')})")
