@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from matmul_peak import cpu_mfu, fp32_matmul_flops
+
 TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "gpt"
 SRC = TEMPLATE.parents[2]
 
@@ -68,7 +70,7 @@ def main():
 
     print(f"budget {args.budget} | data {args.data} | device {args.device} | threads {args.threads} | "
           f"overrides {args.set or 'none'}")
-    scores = []
+    scores, peak = [], None
     for seed in args.seeds:
         out = work / f"out-{seed}"
         shutil.rmtree(out, ignore_errors=True)
@@ -78,6 +80,11 @@ def main():
         run([sys.executable, "evaluate.py"], {**run_env, "AUTORESEARCH_SPLIT": "val"}, tree)
         m = json.loads((out / "metrics.json").read_text())
         scores.append(m["val_bpb"])
+        if m["device"] == "cpu":  # no datasheet peak: MFU against what this CPU's matmul reaches
+            if peak is None:
+                peak = fp32_matmul_flops(int(args.threads))
+                print(f"MFU on the CPU: against the fp32 matmul rate measured here, {peak / 1e9:.0f} GFLOP/s")
+            m["mfu_percent"] = round(cpu_mfu(m, peak), 2)
         mfu = f"{m['mfu_percent']}%" if m["mfu_percent"] else "n/a"  # n/a where the device's peak is unknown
         print(f"seed {seed}: val_bpb {m['val_bpb']:.4f} | params {m['num_params_M']}M | steps {m['num_steps']} | "
               f"tokens {m['total_tokens_M']}M | {m['tokens_per_second']:,} tok/s | MFU {mfu} | "

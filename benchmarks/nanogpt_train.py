@@ -248,6 +248,7 @@ def main():
         "mfu_percent": round(100 * flops_per_token * tokens_per_second / peak, 2) if peak else 0.0,
         "total_tokens_M": round(tokens / 1e6, 3),
         "tokens_per_second": round(tokens_per_second),
+        "flops_per_token": flops_per_token,  # the model's matmul FLOPs per training token (forward and backward)
         "num_steps": step,
         "num_params_M": round(num_params / 1e6, 3),
         "depth": depth,

@@ -35,6 +35,7 @@ from autoresearch.executor import LocalExecutor
 from autoresearch.records import RunState
 from autoresearch.runner import Runner, RunSpec
 
+from matmul_peak import cpu_mfu, fp32_matmul_flops
 from prepared_target import prepared_target
 
 NANOGPT_TRAIN = Path(__file__).resolve().parent / "nanogpt_train.py"
@@ -95,7 +96,8 @@ def set_up(work: Path, data: str, nanogpt_set: list[str]) -> tuple[target_module
 
 
 def race(target, trees: dict[str, Path], budget: Budget, seeds: int, device: str, work: Path,
-         names: tuple[str, ...] = IMPLEMENTATIONS) -> dict[str, list[dict]]:
+         names: tuple[str, ...] = IMPLEMENTATIONS) -> tuple[dict[str, list[dict]], int]:
+    """Each implementation's run summaries, interleaved by seed, and the slot's thread count."""
     executor = LocalExecutor(device)
     slot = executor.slots()[0]
     runner = Runner(target, executor)
@@ -119,7 +121,7 @@ def race(target, trees: dict[str, Path], budget: Budget, seeds: int, device: str
             print(f"{name:8s} seed {seed}: val_bpb {summary['val_bpb']:.4f} | {summary['tokens_per_second']:,} tok/s | "
                   f"{summary['num_steps']} steps | train {summary['training_seconds']}s | wall {record.seconds:.0f}s | "
                   f"load {load:.2f}", flush=True)
-    return results
+    return results, slot.threads
 
 
 def report(results: dict[str, list[dict]], info: dict) -> dict:
@@ -129,6 +131,8 @@ def report(results: dict[str, list[dict]], info: dict) -> dict:
           + (f" | nanoGPT overrides {' '.join(info['nanogpt_set'])}" if info['nanogpt_set'] else ""))
     in_order = sorted(sum(results.values(), []), key=lambda r: (r["seed"], r["implementation"] != "ours"))
     print(f"load average (1 min) before each run, in run order: {', '.join(str(r['load_before']) for r in in_order)}")
+    if info.get("cpu_matmul_gflops"):
+        print(f"MFU on the CPU: against the fp32 matmul rate measured here, {info['cpu_matmul_gflops']:.0f} GFLOP/s")
     rows = [["implementation", *(heading for _, heading, _ in COLUMNS)]]
     for name, runs in results.items():
         row = [{"ours": "ours (built-in)", "nanogpt": "nanoGPT-style"}[name]]
@@ -182,13 +186,18 @@ def main() -> None:
         sys.exit(f"--workdir {work} is not empty")
     try:
         target, trees = set_up(work, args.data, args.nanogpt_set)
-        results = race(target, trees, budget, args.seeds, args.device, work,
-                       (args.only,) if args.only else IMPLEMENTATIONS)
+        results, threads = race(target, trees, budget, args.seeds, args.device, work,
+                                (args.only,) if args.only else IMPLEMENTATIONS)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     info = {"device": next(iter(results.values()))[0].get("device", args.device), "budget": str(budget),
             "data": args.data, "seeds": args.seeds, "nanogpt_set": args.nanogpt_set, **machine()}
+    if info["device"] == "cpu":  # no datasheet peak: MFU against what this CPU's matmul reaches
+        peak = fp32_matmul_flops(threads)
+        info["cpu_matmul_gflops"] = round(peak / 1e9, 1)
+        for run in sum(results.values(), []):
+            run["mfu_percent"] = round(cpu_mfu(run, peak), 2)
     out = report(results, info)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

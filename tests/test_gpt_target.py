@@ -140,6 +140,65 @@ def test_hand_written_backwards_match_autograd():
     assert torch.allclose(train.NormRotate.apply(x, cos, sin), torch.cat([y1 * c - y2 * s, y2 * c + y1 * s], -1))
 
 
+def reference_attention(train, qkv, cos, sin, window=None):
+    """QK-norm and rotary with autograd's ops, then SDPA (with a mask for a window): what attention() computes."""
+    B, T, _, H, D = qkv.shape
+    x = qkv[:, :, :2]
+    y = x / x.square().mean(-1, keepdim=True).add(1e-6).sqrt()
+    y1, y2 = y.chunk(2, dim=-1)
+    c, s = cos[:T, None, None, : D // 2], -sin[:T, None, None, : D // 2]
+    q, k = torch.cat([y1 * c - y2 * s, y2 * c + y1 * s], -1).unbind(2)
+    allowed = train.allowed_keys(T, window, qkv.device)
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                           qkv[:, :, 2].transpose(1, 2), attn_mask=allowed)
+    return out.transpose(1, 2).reshape(B, T, H * D)
+
+
+def test_cpu_attention_matches_the_reference_and_its_backward_matches_autograd():
+    train = load_module(TEMPLATE / "train.py", "gpt_train_attention")
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 7, 3, 2, 8, dtype=torch.float64, requires_grad=True)  # [B, T, q/k/v, heads, head dim]
+    cos, sin = (t.double() for t in train.rotary_tables(7, 8))
+    for window in (None, 3):
+        mask = torch.zeros(7, 7, dtype=torch.float64).masked_fill(~train.allowed_keys(7, window, "cpu"), float("-inf"))
+        assert torch.autograd.gradcheck(lambda t: train.CPUAttention.apply(t, cos, sin, mask), (qkv,))
+        for path in (train.attention(qkv, cos, sin, window), train.CPUAttention.apply(qkv, cos, sin, mask)):
+            assert torch.allclose(path, reference_attention(train, qkv, cos, sin, window))
+
+
+def test_a_sliding_window_hides_older_tokens_on_both_attention_paths():
+    train = load_module(TEMPLATE / "train.py", "gpt_train_window")
+    torch.manual_seed(0)
+    for T in (40, 300):  # the CPU attention, and SDPA with a mask (longer contexts)
+        cos, sin = train.rotary_tables(T, 8)
+        qkv = torch.randn(1, T, 3, 2, 8)
+        changed = qkv.clone()
+        changed[:, : T - 10] = torch.randn(1, T - 10, 3, 2, 8)  # everything but the last 10 tokens
+        a, b = (train.attention(t, cos, sin, 10) for t in (qkv, changed))
+        assert torch.allclose(a[:, -1], b[:, -1], atol=1e-5)  # the last query sees only the last 10 tokens
+        assert not torch.allclose(a[:, -11], b[:, -11])
+        assert torch.allclose(train.attention(qkv, cos, sin, T), train.attention(qkv, cos, sin, None), atol=1e-6)
+
+
+def test_window_pattern_cycles_over_the_layers_and_the_last_sees_everything(monkeypatch):
+    train = load_module(TEMPLATE / "train.py", "gpt_train_pattern")
+    assert train.layer_windows("L", 3, 32) == [None, None, None]
+    assert train.layer_windows("SSL", 5, 32) == [32, 32, None, 32, None]
+    assert train.layer_windows("S", 2, 16) == [16, None]
+    with pytest.raises(SystemExit, match="WINDOW_PATTERN"):
+        train.layer_windows("SX", 2, 16)
+    model = train.build_model(vocab_size=257, sequence_len=16, depth=2, model_dim=32, n_head=2, softcap=15.0,
+                              windows=[4, None])
+    assert [block.attn.window for block in model.blocks] == [4, None]
+
+
+def test_soft_cap_is_cap_times_tanh_and_its_backward_matches_autograd():
+    train = load_module(TEMPLATE / "train.py", "gpt_train_softcap")
+    x = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: train.SoftCap.apply(t * 30, 15.0), (x,))
+    assert torch.allclose(train.SoftCap.apply(x * 30, 15.0), 15.0 * torch.tanh(x * 30 / 15.0))
+
+
 def test_newton_schulz_on_the_gram_matrix_matches_the_direct_iteration():
     train = load_module(TEMPLATE / "train.py", "gpt_train_muon")
     torch.manual_seed(0)
@@ -269,7 +328,9 @@ def test_diverging_run_fails_fast_with_a_clear_message(worktree, data_dir, tmp_p
 @pytest.mark.slow
 def test_evaluate_rejects_a_model_that_sees_the_future(worktree, data_dir, tmp_path):
     train_py = worktree / "train.py"
-    train_py.write_text(train_py.read_text().replace("is_causal=True", "is_causal=False"))
+    source = train_py.read_text()
+    assert "(distance >= 0)" in source
+    train_py.write_text(source.replace("(distance >= 0)", "(distance > -seq_len)"))  # every key, later ones too
     train_result = run(worktree, "train.py", data_dir, tmp_path / "out", budget=("STEPS", "10"))
     assert train_result.returncode == 0, train_result.stderr
     result = run(worktree, "evaluate.py", data_dir, tmp_path / "out")
