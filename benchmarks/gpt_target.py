@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from autoresearch.runner import MALLOC_TUNING  # a harness run's allocator settings
 from matmul_peak import cpu_mfu, fp32_matmul_flops
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "gpt"
@@ -63,7 +64,7 @@ def main():
     number, scale, unit = re.fullmatch(r"([\d.]+)([kMG]?)(s|steps|tok)", args.budget).groups()
     value = float(number) * {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}[scale]
     kind = {"s": "SECONDS", "steps": "STEPS", "tok": "TOKENS"}[unit]
-    env = {**os.environ, "PYTHONPATH": str(SRC), "AUTORESEARCH_DEVICE": args.device, "AUTORESEARCH_THREADS": args.threads,
+    env = {**MALLOC_TUNING, **os.environ, "PYTHONPATH": str(SRC), "AUTORESEARCH_DEVICE": args.device, "AUTORESEARCH_THREADS": args.threads,
            "AUTORESEARCH_DATA": str(work / "data" / args.data), "AUTORESEARCH_BUDGET": args.budget,
            f"AUTORESEARCH_BUDGET_{kind}": f"{value:g}"}
     run([sys.executable, "prepare.py", "--data", args.data], env, tree)
