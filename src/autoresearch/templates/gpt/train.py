@@ -194,7 +194,7 @@ def attention(qkv, cos, sin, window):
         return CPUAttention.apply(qkv, cos, sin, mask)
     q, k = NormRotate.apply(qkv[:, :, :2], cos[:, None, None], sin[:, None, None]).unbind(2)
     v = qkv[:, :, 2]
-    # a window goes in as a mask, which the flash kernels do not take: on a GPU an S layer is no faster than an L one
+    # a window goes in as a mask, which the flash kernels do not take: on a GPU an S layer is slower than an L one
     windowed = window is not None and window < T
     y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=not windowed,
                                        attn_mask=allowed_keys(T, window, qkv.device) if windowed else None)
