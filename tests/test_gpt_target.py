@@ -192,6 +192,25 @@ def test_window_pattern_cycles_over_the_layers_and_the_last_sees_everything(monk
     assert [block.attn.window for block in model.blocks] == [4, None]
 
 
+@pytest.mark.slow
+def test_the_model_compiles_on_a_cpu_and_matches_eager():
+    """COMPILE is a preset an agent or a user may turn on for the CPU too: the hand-written functions must trace."""
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    idx = torch.randint(0, 257, (2, 16))
+    grads = []
+    for forward in (model, torch.compile(model)):
+        model.zero_grad()
+        logits = forward(idx)
+        logits.square().mean().backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (eager, eager_grads), (compiled, compiled_grads) = grads
+    assert torch.allclose(eager, compiled, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager_grads, compiled_grads))
+
+
 def test_soft_cap_is_cap_times_tanh_and_its_backward_matches_autograd():
     train = load_module(TEMPLATE / "train.py", "gpt_train_softcap")
     x = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)

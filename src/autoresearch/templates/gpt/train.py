@@ -127,14 +127,11 @@ class NormRotate(torch.autograd.Function):
 
 
 def rotate_halves(x, cos, sin):
-    """NormRotate's rotation of contiguous x [..., T, D] without the norm: each half written into one new tensor, two
-    passes over x instead of three."""
+    """NormRotate's rotation without the norm, on x [..., T, D], half by half: fewer passes over x than whole-tensor
+    ops, since cos and sin repeat over the halves."""
     h = x.size(-1) // 2
     x1, x2, c, s = x[..., :h], x[..., h:], cos[..., :h], sin[..., h:]
-    out = torch.empty_like(x)
-    torch.mul(x1, c, out=out[..., :h]).addcmul_(x2, s, value=-1)
-    torch.mul(x2, c, out=out[..., h:]).addcmul_(x1, s)
-    return out
+    return torch.cat([torch.addcmul(x1 * c, x2, s, value=-1), torch.addcmul(x2 * c, x1, s)], -1)
 
 
 class CPUAttention(torch.autograd.Function):
@@ -166,15 +163,13 @@ class CPUAttention(torch.autograd.Function):
         grad = grad.view(B, T, H, D).transpose(1, 2).reshape(B * H, T, D)
         grad_scores = torch.bmm(grad, v.mT)  # back through the softmax, with sum_j w_ij grad_ij = grad_i . out_i
         grad_scores.sub_((grad * out).sum(-1, keepdim=True)).mul_(weights).mul_(D ** -0.5)
-        grad_qk = grad.new_empty((2, B * H, T, D))
-        torch.bmm(grad_scores, k, out=grad_qk[0])
-        torch.bmm(grad_scores.mT, q, out=grad_qk[1])
-        grad_qk = grad_qk.view(2, B, H, T, D)
-        # the norm's backward taken on the rotated side (a rotation keeps dot products), then rotated back
-        grad_qk.sub_(qk * (grad_qk * qk).mean(-1, keepdim=True))
         grad_qkv = grad.new_empty((B, T, 3, H, D))
-        grad_qkv[:, :, :2] = rotate_halves(grad_qk, cos, -sin).mul_(rstd).permute(1, 3, 0, 2, 4)
         grad_qkv[:, :, 2] = torch.bmm(weights.mT, grad).view(B, H, T, D).transpose(1, 2)
+        for i, grad_i in enumerate((torch.bmm(grad_scores, k), torch.bmm(grad_scores.mT, q))):  # q's, then k's
+            # the norm's backward taken on the rotated side (a rotation keeps dot products), then rotated back
+            grad_i = grad_i.view(B, H, T, D)
+            grad_i.sub_(qk[i] * (grad_i * qk[i]).mean(-1, keepdim=True))
+            grad_qkv[:, :, i] = rotate_halves(grad_i, cos, -sin).mul_(rstd[i]).transpose(1, 2)
         return grad_qkv, None, None, None
 
 
