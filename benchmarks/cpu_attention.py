@@ -11,16 +11,10 @@ Prints the median milliseconds of each and their ratio. Not a test: it measures 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-from autoresearch.runner import MALLOC_TUNING
-
-TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "gpt"
+from prepared_target import load_train, with_harness_malloc
 
 
 def main() -> None:
@@ -28,16 +22,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=40)
     args = parser.parse_args()
-    if not any(name.startswith("MALLOC_") for name in os.environ):  # the allocator as in a harness run
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_TUNING})
+    with_harness_malloc()
 
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(TEMPLATE))
-    spec = importlib.util.spec_from_file_location("train", TEMPLATE / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_train("train")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     heads, head_dim = 4, 32

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from autoresearch.runner import MALLOC_TUNING  # a harness run's allocator settings
 from matmul_peak import cpu_mfu, fp32_matmul_flops
+from prepared_target import TEMPLATE
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "gpt"
 SRC = TEMPLATE.parents[2]
 
 

@@ -17,28 +17,16 @@ allocator behaves as it does in a real run. Not a test: it measures this machine
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from autoresearch.runner import MALLOC_TUNING
+from prepared_target import load_train, with_harness_malloc
 
 HERE = Path(__file__).resolve().parent
-TEMPLATE = HERE.parent / "src" / "autoresearch" / "templates" / "gpt"
 VOCAB = 257
 WARMUP_ROUNDS = 10
-
-
-def load(name: str, path: Path):
-    sys.path.insert(0, str(TEMPLATE))  # train.py's `from sampler import batches`
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def stepper(name: str, module, size: dict, device, x, y):
@@ -89,15 +77,14 @@ def main() -> None:
     parser.add_argument("--train", action="append", default=[], metavar="NAME=PATH",
                         help="also time this train.py (same contract as the built-in one)")
     args = parser.parse_args()
-    if not any(name.startswith("MALLOC_") for name in os.environ):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_TUNING})
+    with_harness_malloc()
 
     import torch
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     device = torch.device(args.device)
-    ours = load("ours", TEMPLATE / "train.py")
+    ours = load_train("ours")
     preset = lambda value: value[device.type] if isinstance(value, dict) else value
     depth, head_dim = preset(ours.DEPTH), preset(ours.HEAD_DIM)
     seq_len, batch = preset(ours.SEQ_LEN), preset(ours.BATCH_SIZE)
@@ -105,10 +92,10 @@ def main() -> None:
     size = dict(vocab_size=VOCAB, sequence_len=seq_len, depth=depth, model_dim=width, n_head=width // head_dim)
     x = torch.randint(0, VOCAB, (batch, seq_len), device=device)
     y = torch.randint(0, VOCAB, (batch, seq_len), device=device)
-    modules = {"ours": ours, "nanogpt": load("nanogpt", HERE / "nanogpt_train.py")}
+    modules = {"ours": ours, "nanogpt": load_train("nanogpt", HERE / "nanogpt_train.py")}
     for item in args.train:
         name, _, path = item.partition("=")
-        modules[name] = load(name, Path(path))
+        modules[name] = load_train(name, Path(path))
     steps = {name: stepper(name, module, size, device, x, y) for name, module in modules.items()}
 
     times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in steps}
