@@ -188,14 +188,32 @@ def test_the_plain_rule_runs_every_seed(make_toy, cli):
     assert [[r.seed for r in e.runs] for e in toy.experiments()] == [[0, 1, 2], [0, 1, 2]]
 
 
-def test_a_deterministic_metric_is_calibrated_once_then_one_run_decides(make_toy, cli):
-    toy = make_toy(config=CONFIG.replace('rule = "plain"', "calibrate_seeds = 3"))
+def test_a_metric_that_ignores_the_seed_stops_calibrating_after_two_runs_then_one_run_decides(make_toy, cli):
+    toy = make_toy(config=CONFIG.replace('rule = "plain"', "calibrate_seeds = 8"))
     result = run(cli, toy, [LR_2], "--experiments", "1")
     assert result.code == 0, result.text
     baseline, kept = toy.experiments()
-    assert [r.seed for r in baseline.runs] == [0, 1, 2] and [r.seed for r in kept.runs] == [0]
+    assert [r.seed for r in baseline.runs] == [0, 1] and [r.seed for r in kept.runs] == [0]
     assert kept.state.value == "kept" and "deterministic metric: one run decides" in kept.reason
     assert kept.effect == pytest.approx(baseline.metric - kept.metric) and kept.effect_se == 0
+
+
+def test_a_metric_that_ignores_the_seed_is_told_once_in_plain_words_and_flagged(make_toy, cli):
+    toy = make_toy(config=CONFIG.replace('rule = "plain"', "calibrate_seeds = 8"))
+    first = run(cli, toy, [LR_2], "--experiments", "1")
+    again = run(cli, toy, [LR_2], "--experiments", "1")
+    assert first.out.count("does not use AUTORESEARCH_SEED") == 1 and "--seed $AUTORESEARCH_SEED" in first.out
+    assert "AUTORESEARCH_SEED" not in again.out  # once: a resumed line does not calibrate again
+    flags = json.loads(cli("status", "-C", toy.root, "--json").out)["flags"]
+    assert [f["kind"] for f in flags] == ["seed"] and "exactly the same" in flags[0]["message"]
+
+
+def test_a_metric_that_moves_with_the_seed_calibrates_every_seed_without_a_warning(make_toy, cli):
+    noisy = TRAIN.replace('print(f"score: {{(LR - 3.0)', 'print(f"score: {{int(os.environ[\'AUTORESEARCH_SEED\']) / 100 + (LR - 3.0)')
+    toy = make_toy(config=CONFIG.replace('rule = "plain"', "calibrate_seeds = 3"), train=noisy)
+    result = run(cli, toy, [], "--experiments", "0")
+    assert result.code == 0, result.text
+    assert [r.seed for r in toy.experiments()[0].runs] == [0, 1, 2] and "AUTORESEARCH_SEED" not in result.out
 
 
 def test_run_sees_no_secrets_from_the_harness_environment(make_toy, cli, monkeypatch):

@@ -433,6 +433,16 @@ def _session_running(target: Target) -> bool:
     return False
 
 
+def cmd_check(args) -> int:
+    from .check import check
+
+    target = Target.open(args.C)
+    print(f"checking {target.root} ({target.config.target.name}): two runs at budget {args.budget}")
+    report = check(target, args.budget)
+    print(report.render())
+    return 1 if report.problems else 0
+
+
 def cmd_demo(args) -> int:
     from .demo import demo
 
@@ -543,6 +553,12 @@ def parser() -> argparse.ArgumentParser:
                           ("stop", "end a running session cleanly after its current experiment")):
         p = sub.add_parser(command, parents=[common], help=what)
         p.set_defaults(func=cmd_control)
+
+    p = sub.add_parser("check", parents=[common], help="a dry run of the target's commands at a tiny budget: what "
+                       "works, what to change in autoresearch.toml")
+    p.add_argument("--budget", type=_budget, default=Budget.parse("5s"), metavar="SPEC",
+                   help="per-run budget of its two runs (default: 5s)")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", parents=[common], help="offline demo: init + prepare + run the search agent on the built-in target")
     p.add_argument("--dir", default="autoresearch-demo", help="where to create the demo target")
