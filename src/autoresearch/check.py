@@ -26,9 +26,16 @@ from .records import RunRecord, RunState
 from .target import Target
 
 SEEDS = (0, 1)
+TINY = {"seconds": 5, "steps": 20, "tokens": 50_000}  # the check's budget, at most, in the target's own unit
 SEED_HELP = ("pass it to the code: in Python, `torch.manual_seed(int(os.environ.get(\"AUTORESEARCH_SEED\", 0)))` "
              "(and the same for numpy and random, and for the order of the data); or, where the training script "
              "takes a flag, in [commands]: train = \"python train.py --seed $AUTORESEARCH_SEED\"")
+
+
+def tiny_budget(config: Config) -> Budget:
+    """The target's default budget, cut to TINY: a dry run, in the unit the target's commands expect."""
+    default = config.default_budget()
+    return Budget(default.kind, min(default.value, TINY[default.kind]))
 
 
 def seed_ignored_message(value: float, runs: int, name: str) -> str:

@@ -453,11 +453,12 @@ def _session_running(target: Target) -> bool:
 
 
 def cmd_check(args) -> int:
-    from .check import check
+    from .check import check, tiny_budget
 
     target = Target.open(args.C)
-    print(f"checking {target.root} ({target.config.target.name}): two runs at budget {args.budget}")
-    report = check(target, args.budget)
+    budget = args.budget or tiny_budget(target.config)
+    print(f"checking {target.root} ({target.config.target.name}): two runs at budget {budget}")
+    report = check(target, budget)
     print(report.render())
     return 1 if report.problems else 0
 
@@ -582,8 +583,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", parents=[common], help="a dry run of the target's commands at a tiny budget: what "
                        "works, what to change in autoresearch.toml")
-    p.add_argument("--budget", type=_budget, default=Budget.parse("5s"), metavar="SPEC",
-                   help="per-run budget of its two runs (default: 5s)")
+    p.add_argument("--budget", type=_budget, metavar="SPEC",
+                   help="per-run budget of its two runs (default: the target's, at most 5s, 20steps or 50ktok)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", parents=[common], help="offline demo: init + prepare + run the search agent on the built-in target")
