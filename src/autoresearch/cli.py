@@ -589,8 +589,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="offline demo: init + prepare + run the search agent on the built-in target")
     p.add_argument("--dir", default="autoresearch-demo", help="where to create the demo target")
-    p.add_argument("--experiments", type=int, default=6, metavar="N", help="experiments after the baseline")
-    p.add_argument("--budget", type=_budget, default=Budget.parse("20s"), metavar="SPEC", help="per-run budget")
+    p.add_argument("--experiments", type=int, default=4, metavar="N", help="experiments after the baseline")
+    p.add_argument("--budget", type=_budget, default=Budget.parse("10s"), metavar="SPEC", help="per-run budget")
     p.add_argument("--data", default="shakespeare", help="data source (shakespeare; stdlib needs no download)")
     p.set_defaults(func=cmd_demo)
     return top

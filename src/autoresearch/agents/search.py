@@ -4,7 +4,8 @@ Optuna's TPE sampler proposes values; it is told every finished experiment of th
 from the ledger (whoever proposed it, using the knob values the harness read from its files), so
 a resumed session continues where it left off. A proposal is a move from the best of one knob,
 or two (`MAX_MOVED`): of TPE's point, the knobs it moves furthest from the best's values, in units of
-each knob's range, so that every kept change is one idea a reader can name. Values are written into
+each knob's range (a knob outside its declared range first, alone), so that every kept change is one
+idea a reader can name. Values are written into
 the editable files through `autoresearch.knobs`, rounded to `DIGITS` significant digits.
 """
 
@@ -22,7 +23,7 @@ from . import Agent, AgentExhausted, Context, Proposal
 
 _MAX_TRIES = 20
 MAX_MOVED = 2  # knobs one proposal changes
-SECOND_MOVE = 0.5  # a second knob moves too when TPE moves it at least this share of the first one's distance
+SECOND_MOVE = 0.8  # a second knob moves too when TPE moves it nearly as far as the first (this share of its distance)
 DIGITS = 2  # significant digits of a proposed float: "MATRIX_LR 0.002 -> 0.035"
 
 
@@ -169,9 +170,13 @@ def distance(knob: Knob, old, new) -> float:
 
 def _move(current: dict, point: dict, knobs: list[Knob]) -> dict:
     """The move from `current` towards TPE's `point`: the knob it moves furthest, and a second one when that moves
-    nearly as far (SECOND_MOVE); {} when the point is where the best already is."""
-    ranked = sorted(((distance(k, current[k.name], point[k.name]), k.name) for k in knobs
-                     if knob_edit.format_value(current[k.name]) != knob_edit.format_value(point[k.name])), reverse=True)
+    nearly as far (SECOND_MOVE); {} when the point is where the best already is. A knob whose value lies outside
+    its declared range moves first, alone: the range says where its value belongs."""
+    moved = [k for k in knobs if knob_edit.format_value(current[k.name]) != knob_edit.format_value(point[k.name])]
+    outside = [k for k in moved if not _within(k, current[k.name])]
+    if outside:
+        return {outside[0].name: point[outside[0].name]}
+    ranked = sorted(((distance(k, current[k.name], point[k.name]), k.name) for k in moved), reverse=True)
     if not ranked:
         return {}
     chosen = [name for d, name in ranked[:MAX_MOVED] if d >= SECOND_MOVE * ranked[0][0]]
