@@ -5,10 +5,11 @@
 # (Debian's and Ubuntu's system Python refuse installs outside a virtual environment, PEP 668.)
 # `make demo` installs what the demo needs; `make test` adds the test extras and a browser for the
 # browser tests (tests/chromium.py). PYTHON=/path/to/python uses that interpreter's environment instead.
+VENV_PYTHON := $(CURDIR)/.venv/bin/python
 ifdef VIRTUAL_ENV
 PYTHON ?= $(VIRTUAL_ENV)/bin/python
 else
-PYTHON ?= $(CURDIR)/.venv/bin/python
+PYTHON ?= $(VENV_PYTHON)
 endif
 # torch 2.13.0 is pinned for the install: an unpinned torch can pull GBs of CUDA packages where a
 # CPU build would do; any torch >= 2.11 already present is kept as it is.
@@ -19,7 +20,7 @@ PIP = $(if $(UV),$(UV) pip install --python "$(PYTHON)",$(PYTHON) -m pip install
 
 .PHONY: install install-test demo test bench
 
-$(CURDIR)/.venv/bin/python:
+$(VENV_PYTHON):
 	@if [ -n "$(UV)" ]; then \
 		uv venv --seed --quiet .venv; \
 	elif ! python3 -m venv .venv 2>/dev/null; then \
@@ -30,7 +31,7 @@ $(CURDIR)/.venv/bin/python:
 	fi
 	@echo "made the virtual environment $(CURDIR)/.venv (activate it with: source .venv/bin/activate)"
 
-install: $(PYTHON)
+install: $(filter $(VENV_PYTHON),$(PYTHON))
 	@echo "installing autoresearch into $$($(PYTHON) -c 'import sys; print(sys.prefix)')"
 	@$(PYTHON) -c "import sys, torch; sys.exit(tuple(map(int, torch.__version__.split('.')[:2])) < (2, 11))" 2>/dev/null \
 		|| $(PIP) -q "$(TORCH)"

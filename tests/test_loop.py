@@ -297,3 +297,23 @@ def test_a_second_session_on_the_same_target_is_refused(toy):
     finally:
         first.close()
     assert run_cli("run", "-C", toy.root, "--tag", TAG, "--experiments", "0").code == 0
+
+
+def test_each_search_proposal_moves_one_or_two_knobs_from_the_best(make_toy, cli):
+    extra = '\n[[knobs]]\nname = "SLEEP"\nfile = "train.py"\nlow = 0.0\nhigh = 0.01\n'
+    toy = make_toy(config=CONFIG + extra)
+    assert cli(*search(toy, 6)).code == 0
+    experiments = toy.experiments()
+    best = {e.commit: e.knobs for e in experiments if e.commit}
+    for experiment in experiments[1:]:
+        before = best[experiment.parent]
+        moved = {name for name, value in experiment.knobs.items() if value != before[name]}
+        assert 1 <= len(moved) <= 2 and len(experiment.description.split(", ")) == len(moved), experiment.description
+
+
+def test_a_knob_outside_its_range_is_moved_first_and_alone(make_toy, cli):
+    toy = make_toy(train=TRAIN.replace("LR = 1.0 ", "LR = 0.01"))  # its range is 0.1..10
+    assert cli(*search(toy, 1)).code == 0
+    baseline, first = toy.experiments()
+    assert first.description.startswith("LR 0.01 -> ") and ", " not in first.description
+    assert first.knobs["WIDTH"] == baseline.knobs["WIDTH"] and 0.1 <= first.knobs["LR"] <= 10
