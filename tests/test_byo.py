@@ -113,6 +113,7 @@ def test_check_reports_the_metric_knobs_seed_and_jail_of_a_ready_target(tmp_path
     assert "knob width = 4 (key model.width in config.yaml)" in result.out
     assert "seed: changes val_loss" in result.out and "jail: " in result.out and "ready:" in result.out
     assert not (target.root / ".autoresearch" / "ledger.sqlite").exists()  # a dry run records nothing
+    assert target.git("status", "--porcelain") == ""
 
 
 def test_check_suggests_the_pattern_for_a_metric_printed_its_own_way(tmp_path, cli):

@@ -96,6 +96,7 @@ def _git(target: Target, report: Report) -> Optional[str]:
         report.problems.append("the repository has no commit yet: commit the target first")
         return None
     report.facts.append(f"commit: {commit[:9]} ({git.run('log', '-1', '--format=%s').strip()})")
+    git.exclude(f"/{target.state.name}/")  # as a session does: git status stays clean
     return commit
 
 
