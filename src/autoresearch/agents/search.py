@@ -5,8 +5,8 @@ from the ledger (whoever proposed it, using the knob values the harness read fro
 a resumed session continues where it left off. A proposal is a move from the best of one knob,
 or two (`MAX_MOVED`): of TPE's point, the knobs it moves furthest from the best's values, in units of
 each knob's range (a knob outside its declared range first, alone), so that every kept change is one
-idea a reader can name. Values are written into
-the editable files through `autoresearch.knobs`, rounded to `DIGITS` significant digits.
+idea a reader can name. Values are rounded to `DIGITS` significant digits and written into the
+editable files through `autoresearch.knobs` (a Python constant, a flag in a script, a config file's key).
 """
 
 from __future__ import annotations
