@@ -590,7 +590,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="offline demo: init + prepare + run the search agent on the built-in target")
     p.add_argument("--dir", default="autoresearch-demo", help="where to create the demo target")
     p.add_argument("--experiments", type=int, default=4, metavar="N", help="experiments after the baseline")
-    p.add_argument("--budget", type=_budget, default=Budget.parse("10s"), metavar="SPEC", help="per-run budget")
+    p.add_argument("--budget", type=_budget, default=Budget.parse("120steps"), metavar="SPEC",
+                   help="per-run budget (default: 120steps, about 10 s on 2 CPU cores; in steps, so a busy or slow "
+                   "machine makes the demo slower, never noisier)")
     p.add_argument("--data", default="shakespeare", help="data source (shakespeare; stdlib needs no download)")
     p.set_defaults(func=cmd_demo)
     return top

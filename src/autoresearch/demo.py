@@ -1,6 +1,7 @@
 """`autoresearch demo`: the whole loop, offline, on the built-in GPT target, in about five minutes on 2 CPU cores.
 
-init + prepare + run with the offline search agent (4 experiments of a 10 s budget, set in cli.py), the
+init + prepare + run with the offline search agent (4 experiments of 120 steps, about 10 s each on 2 CPU
+cores, set in cli.py: a budget in steps, so that a busy machine makes the demo slower, never noisier), the
 held-out test of the best against the baseline, then what happened, the report, and how to open it and
 the dashboard. So that a handful of experiments can show the loop finding a real improvement, the demo
 starts from a deliberately untuned point (`UNTUNED`, committed as its own change); the target's own
