@@ -27,9 +27,7 @@ UNTUNED = {"MATRIX_LR": 0.002}  # 20x below the tuned default: the search has so
 # the judge would treat it as an implausible jump and spend 9 more runs confirming it (seeds and the test split),
 # so the demo raises that bound and relies on the held-out test of the best at the session's end instead.
 QUICK_JUDGE = {"calibrate_seeds": 3, "max_runs": 3, "final_test_seeds": 2, "implausible": 1000}
-# A command's hard limit: the default for a 10 s budget (80 s) killed an evaluation of ~3 s on a machine loaded
-# 30-fold by other jobs; the demo should finish wherever it runs, only slower.
-TIMEOUT = 300
+
 
 
 def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str]) -> int:
@@ -108,6 +106,5 @@ def _untune(directory: Path) -> None:
         text, found = re.subn(rf"^{key} = [\d.]+", f"{key} = {value}", text, count=1, flags=re.MULTILINE)
         if not found:
             text = text.replace("[judge]\n", f"[judge]\n{key} = {value}\n", 1)
-    text = text.replace("[budget]\n", f"[budget]\ntimeout = {TIMEOUT}\n", 1)
     config.write_text(text)
     Git(directory).commit_all(f"demo: start from an untuned point ({', '.join(changes)}); a quicker judge")
