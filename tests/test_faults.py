@@ -106,7 +106,9 @@ def test_git_from_a_run_cannot_move_the_research_branch(tmp_path, isolate):
         assert {f["kind"] for f in flags} >= {"tamper", "git"}  # the worktree's HEAD moved; the branch was moved
         assert any("refs/heads/autoresearch/t moved" in f["message"] for f in flags)
     else:
-        assert isolate == "auto" and attempt.state.value == "discarded" and not flags
+        # the toy target ignores its seed, which is flagged once; nothing else may be
+        assert isolate == "auto" and attempt.state.value == "discarded"
+        assert {f["kind"] for f in flags} <= {"seed"}
         assert "read-only" in open(attempt.runs[0].log_path).read().lower()
     assert good.state.value == "kept"
     assert guarded.git("rev-parse", "main") == before
