@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 from . import __version__
 from .budget import Budget
 from .config import ConfigError
-from .target import Target, cache_dir, command_argv
-
-
-class UsageError(Exception):
-    """Bad input on the command line: exit status 2."""
+from .errors import SessionError, UsageError
+from .target import Target, prepare
 
 
 def _budget(spec: str) -> Budget:
@@ -49,13 +42,6 @@ def _programs() -> dict:
     return PROGRAMS
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a scheduler, `kill`) stops the session as cleanly as Ctrl-C does."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 # ---------------------------------------------------------------------------- commands
 
 
@@ -79,157 +65,35 @@ def cmd_prepare(args) -> int:
     return prepare(target, args.data, args.vocab, extra)
 
 
-def prepare(target: Target, data: Optional[str] = None, vocab: Optional[int] = None, extra: list = ()) -> int:
-    """Run the target's prepare command; `--data`, `--vocab` and any further flags are passed on."""
-    command = target.config.commands.prepare
-    if not command:
-        print("this target declares no prepare command; nothing to do")
-        return 0
-    argv = (command_argv(command) + (["--data", data] if data else []) + (["--vocab", str(vocab)] if vocab else [])
-            + list(extra))
-    env = {**os.environ, "AUTORESEARCH_DATA": str(target.data), "AUTORESEARCH_CACHE": str(cache_dir())}
-    target.data.mkdir(parents=True, exist_ok=True)
-    code = subprocess.call(argv, cwd=target.root, env=env)
-    if code != 0:
-        print(f"prepare failed: `{' '.join(argv)}` exited with code {code}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def cmd_run(args) -> int:
+    from . import assemble
+
     target = Target.open(args.C)
-    overrides = {"model": args.model, "base_url": args.base_url}
-    limits = {"max_cost": args.max_cost, "max_tokens": args.max_tokens, "max_hours": args.max_hours}
-    return run_session(target, args.agent or target.config.agent.name, _options(args.agent_option), args.experiments,
-                       args.budget, args.tag, args.device, overrides=overrides, limits=limits, workers=args.workers,
-                       pipeline=args.pipeline, executor=args.executor, address=args.address)
-
-
-def _agent_settings(target: Target, overrides: dict, options: dict):
-    """`[agent]` from autoresearch.toml with the command line's overrides; the options it does not know."""
-    from pydantic import ValidationError
-
-    from .config import AgentSection
-
-    section = target.config.agent
-    known = {key: value for key, value in options.items() if key in AgentSection.model_fields}
-    changes = {**known, **{key: value for key, value in overrides.items() if value is not None}}
-    try:
-        settings = AgentSection.model_validate({**section.model_dump(), **changes}) if changes else section
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())
-        raise UsageError(f"agent settings from the command line: {problems}") from None
-    return settings, {key: value for key, value in options.items() if key not in known}
-
-
-def _limits(target: Target, limits: Optional[dict]):
-    from .config import LimitsSection
-
-    given = {key: value for key, value in (limits or {}).items() if value is not None}
-    for key, value in given.items():
-        if value <= 0:
-            raise UsageError(f"--{key.replace('_', '-')} must be more than 0")
-    return LimitsSection.model_validate({**target.config.limits.model_dump(), **given})
-
-
-def make_executor(name: str, device: str, workers: Optional[int] = None, address: Optional[str] = None):
-    """The executor named `name` (local, ray) with `workers` slots (None: one per visible GPU, else one)."""
-    from .executor import EXECUTORS, LocalExecutor
-
-    if workers is not None and workers < 1:
-        raise UsageError("--workers must be 1 or more")
-    if name == "local":
-        if address:
-            raise UsageError("--address is for --executor ray")
-        return LocalExecutor(device, workers)
-    if name == "ray":
-        from .ray_executor import RayExecutor, RayUnavailable
-
-        try:
-            return RayExecutor(device=device, workers=workers, address=address)
-        except RayUnavailable as exc:
-            raise UsageError(str(exc)) from None
-    if name in EXECUTORS:
-        return EXECUTORS[name](device=device, workers=workers)
-    raise UsageError(f"unknown executor {name!r}; available: local, ray")
-
-
-def run_session(target: Target, agent_name: str, agent_options: dict, experiments: Optional[int],
-                budget: Optional[Budget], tag: Optional[str], device: Optional[str],
-                overrides: Optional[dict] = None, limits: Optional[dict] = None, workers: Optional[int] = None,
-                pipeline: Optional[bool] = None, executor: str = "local", address: Optional[str] = None) -> int:
-    from . import agents, sandbox
-    from .session import Session, SessionError
-
-    settings, options = _agent_settings(target, overrides or {}, agent_options)
-    caps = _limits(target, limits)
-    try:
-        agent = agents.create(agent_name, settings=settings, **options)
-    except (ValueError, TypeError, OSError) as exc:
-        raise UsageError(f"agent {agent_name}: {exc}") from None
-    try:
-        sandbox.check(target.config.sandbox.isolate)  # once, before anything runs: refuse, or say what is not isolated
-    except sandbox.SandboxError as exc:
-        print(f"autoresearch: {exc}", file=sys.stderr)
-        return 1
-    runner = make_executor(executor, device or target.config.run.device, workers, address)
-    _stop_on_sigterm()
-    try:
-        session = Session.open(target, agent, agent_name, runner, tag=tag, budget=budget, limits=caps)
-        slots = runner.slots()
-        where = f"slot {slots[0].name}" if len(slots) == 1 else f"{len(slots)} slots"
-        print(f"session {session.session_id} on {session.branch}: agent {agent_name}, budget {session.budget}, "
-              f"{where}" + (f" ({runner.name})" if runner.name != "local" else ""))
-        try:
-            with _live_view(target, session.tag):
-                reason = session.run(experiments, pipeline=pipeline)
-        finally:
-            session.close()
-    except SessionError as exc:
-        print(f"autoresearch: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        runner.close()
+    reason = assemble.run(target, args.agent or target.config.agent.name, agent_options=_options(args.agent_option),
+                          overrides={"model": args.model, "base_url": args.base_url},
+                          caps={"max_cost": args.max_cost, "max_tokens": args.max_tokens, "max_hours": args.max_hours},
+                          experiments=args.experiments, budget=args.budget, tag=args.tag, device=args.device,
+                          slots=args.workers, pipeline=args.pipeline, executor_name=args.executor, address=args.address,
+                          watch=_live_view)
     print(f"session ended: {reason}")
     return 0 if not reason.startswith("paused") else 1
 
 
-@contextmanager
-def _harness_session(target: Target, purpose: str, args):
-    """A session on an existing research line for a harness job (calibrate, verify): no agent. Ends
-    recorded in the ledger however the job ends."""
-    from .executor import LocalExecutor
-    from .session import Session
+def _live_view(session):
+    """The Rich live panel while the session runs, on a terminal; nothing elsewhere (plain lines only)."""
+    from contextlib import nullcontext
 
-    if args.tag is None and _existing_tag(target, None) is None:
-        raise UsageError(f"nothing to {purpose}: no research yet (`autoresearch run` starts with the baseline)")
-    _stop_on_sigterm()
-    executor = LocalExecutor(args.device or target.config.run.device)
-    try:
-        session = Session.open(target, None, purpose, executor, tag=args.tag, budget=args.budget)
-    except BaseException:
-        executor.close()
-        raise
-    reason = f"{purpose}: done"
-    try:
-        yield session
-    except KeyboardInterrupt:
-        reason = "stopped by the user"
-        raise
-    except BaseException as exc:
-        reason = f"{purpose} failed: {exc}"
-        raise
-    finally:
-        session.ledger.end_session(session.session_id, reason)
-        session.close()
-        executor.close()
+    from .live import LiveView, wanted
+
+    return LiveView(session.target, session.tag) if wanted() else nullcontext()
 
 
 def cmd_calibrate(args) -> int:
+    from . import assemble
+
     target = Target.open(args.C)
     name = target.config.metric.name
-    with _harness_session(target, "calibrate", args) as session:
+    with assemble.harness_session(target, "calibrate", args.tag, args.budget, args.device) as session:
         record = session.calibrate(args.seeds)
         noise = session.noise()
     if record["sd"] is None:
@@ -246,7 +110,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from . import verify
+    from . import assemble, verify
 
     target = Target.open(args.C)
     try:
@@ -255,7 +119,7 @@ def cmd_verify(args) -> int:
         raise UsageError(str(exc)) from None
     if args.seeds < 2:
         raise UsageError("--seeds must be 2 or more: the interval needs pairs")
-    with _harness_session(target, "verify", args) as session:
+    with assemble.harness_session(target, "verify", args.tag, args.budget, args.device) as session:
         baseline = session.ledger.baseline(session.tag)
         if baseline is None:
             raise UsageError("the research line has no baseline yet")
@@ -284,15 +148,6 @@ def cmd_verify(args) -> int:
     print(f"gain of the candidate: {effect['effect']:+.6f}{interval} over {effect['pairs']} paired seeds: "
           f"{effect['verdict']}")
     return 0
-
-
-def _live_view(target: Target, tag: str):
-    """The Rich live panel while the session runs, on a terminal; nothing elsewhere (plain lines only)."""
-    from contextlib import nullcontext
-
-    from .live import LiveView, wanted
-
-    return LiveView(target, tag) if wanted() else nullcontext()
 
 
 def cmd_status(args) -> int:
@@ -563,11 +418,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from .session import SessionError
-
-        if not isinstance(exc, SessionError):
-            raise
+    except SessionError as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from typing import Optional
 from . import knobs
 from .budget import Budget
 from .config import CONFIG_FILE
-from .target import Target, init
+from .target import Target, init, prepare
 
 TAG = "demo"
 UNTUNED = {"MATRIX_LR": 0.002}  # 20x below the tuned default: the search has something real to find
@@ -24,7 +24,7 @@ QUICK_JUDGE = {"calibrate_seeds": 3, "max_runs": 3, "final_test_seeds": 2}  # fe
 
 
 def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str]) -> int:
-    from .cli import prepare, run_session
+    from . import assemble
     from .ledger import Ledger
     from .status import render, status_dict
 
@@ -43,9 +43,10 @@ def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str])
                 return 1
         else:
             return 1
-    code = run_session(target, "search", {}, experiments, budget, TAG, None)
-    if code != 0:
-        return code
+    reason = assemble.run(target, "search", experiments=experiments, budget=budget, tag=TAG)
+    print(f"session ended: {reason}")
+    if reason.startswith("paused"):
+        return 1
     status = status_dict(Ledger(target.ledger_path), TAG, target.config)
     print()
     print(render(status))

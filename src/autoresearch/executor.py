@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from . import forkserver, sandbox
 from .sandbox import Jail, Limits
@@ -117,17 +117,6 @@ class Executor(ABC):
         except BaseException:
             handle.cancel()
             raise
-
-
-EXECUTORS: dict[str, Callable[..., Executor]] = {}
-
-
-def register(name: str):
-    def decorate(cls):
-        cls.name = name
-        EXECUTORS[name] = cls
-        return cls
-    return decorate
 
 
 # ---------------------------------------------------------------------------- local
@@ -362,10 +351,11 @@ def _server_key(job: Job, cpus: tuple) -> tuple:
     return (jail, job.limits, tuple(sorted(_server_env(job.env).items())), job.argv[0], job.preload, cpus)
 
 
-@register("local")
 class LocalExecutor(Executor):
     """Child processes on this machine: one slot per visible GPU, or one CPU slot. On Linux, a job that is a
     Python script (Job.preload) is forked from a warm server per slot and kind of job (forkserver.py)."""
+
+    name = "local"
 
     forks = sys.platform.startswith("linux") and hasattr(os, "fork")
 

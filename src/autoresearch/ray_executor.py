@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .executor import Executor, Job, JobHandle, LocalExecutor, Slot, register
+from .executor import Executor, Job, JobHandle, LocalExecutor, Slot
 from .records import Flag, RunRecord, RunState
 
 MAX_REQUEUE = 3  # submissions of one run after its node or worker died
@@ -39,8 +39,9 @@ class RayUnavailable(Exception):
     pass
 
 
-@register("ray")
 class RayExecutor(Executor):
+    name = "ray"
+
     def __init__(self, device: str = "auto", workers: Optional[int] = None, address: Optional[str] = None,
                  init_options: Optional[dict] = None):
         try:

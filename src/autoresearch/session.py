@@ -22,6 +22,7 @@ from . import constraints, control, integrity, judge, knobs as knob_values, scop
 from .agents import Agent, AgentError, AgentExhausted, Context, Proposal, ProposalError
 from .budget import Budget
 from .config import LimitsSection
+from .errors import SessionError
 from .costs import dollars
 from .executor import Executor, Slot, kill_leftovers
 from .gitrepo import Git
@@ -32,10 +33,6 @@ from .target import Target
 
 STOPPED = "stopped on request (control file)"
 MAX_AGENT_FAILURES = 5  # consecutive agent errors before the session pauses instead of spinning
-
-
-class SessionError(Exception):
-    """The session cannot start or go on; the message says why and what to do."""
 
 
 def _lock(path: Path) -> IO:
