@@ -151,8 +151,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .ledger import Ledger
-    from .status import render, status_dict
+    from . import observe
+    from .status import render
 
     target = Target.open(args.C)
     tag = _existing_tag(target, args.tag)
@@ -162,7 +162,11 @@ def cmd_status(args) -> int:
         else:
             print("no research yet: `autoresearch run` starts a session")
         return 0
-    status = status_dict(Ledger(target.ledger_path), tag, target.config)
+    ledger = observe.open_ledger(target)
+    try:
+        status = observe.status(ledger, tag, target)
+    finally:
+        ledger.close()
     print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
 
@@ -237,6 +241,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_suggest(args) -> int:
+    from . import control
     from .ledger import Ledger
 
     target = Target.open(args.C)
@@ -254,7 +259,7 @@ def cmd_suggest(args) -> int:
     print(f"suggestion #{suggestion.id} queued for {line}: {text}")
     print("the next proposal considers it" if waiting == 1 else
           f"{waiting - 1} suggestion(s) are ahead of it: each proposal takes up the oldest one")
-    if not _session_running(target):
+    if control.holder(target.state) is None:
         print("no session is running on this target: `autoresearch run` will take it up")
     return 0
 
@@ -264,28 +269,12 @@ def cmd_control(args) -> int:
 
     target = Target.open(args.C)
     control.write(target.state, args.command, by="cli")
-    running = _session_running(target)
+    running = control.holder(target.state) is not None
     print({"pause": "pause requested: the session holds before its next proposal, until `autoresearch resume`",
            "resume": "resume requested: a paused session goes on with its next proposal",
            "stop": "stop requested: the session ends cleanly after the experiment it is running"}[args.command]
           + ("" if running else " (no session is running on this target: the next `autoresearch run` starts afresh)"))
     return 0
-
-
-def _session_running(target: Target) -> bool:
-    """Whether a session holds the target's lock (see session._lock)."""
-    import fcntl
-
-    path = target.state / "session.lock"
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
 
 
 def cmd_demo(args) -> int:

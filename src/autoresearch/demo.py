@@ -24,9 +24,8 @@ QUICK_JUDGE = {"calibrate_seeds": 3, "max_runs": 3, "final_test_seeds": 2}  # fe
 
 
 def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str]) -> int:
-    from . import assemble
-    from .ledger import Ledger
-    from .status import render, status_dict
+    from . import assemble, observe
+    from .status import render
 
     if (directory / CONFIG_FILE).exists():
         print(f"continuing the demo in {directory}")
@@ -47,7 +46,11 @@ def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str])
     print(f"session ended: {reason}")
     if reason.startswith("paused"):
         return 1
-    status = status_dict(Ledger(target.ledger_path), TAG, target.config)
+    ledger = observe.open_ledger(target)
+    try:
+        status = observe.status(ledger, TAG, target)
+    finally:
+        ledger.close()
     print()
     print(render(status))
     print()

@@ -239,9 +239,9 @@ class Ledger:
                             (time.time(), reason, session_id))
 
     def sessions(self, tag: str) -> list[dict]:
-        rows = self.db.execute("SELECT id, agent, budget, started_at, ended_at, end_reason FROM sessions "
+        rows = self.db.execute("SELECT id, agent, budget, pid, started_at, ended_at, end_reason FROM sessions "
                                "WHERE tag = ? ORDER BY id", (tag,)).fetchall()
-        return [dict(zip(("id", "agent", "budget", "started_at", "ended_at", "end_reason"), r)) for r in rows]
+        return [dict(zip(("id", "agent", "budget", "pid", "started_at", "ended_at", "end_reason"), r)) for r in rows]
 
     # ---------------------------------------------------------------- experiments
 

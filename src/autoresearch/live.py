@@ -37,8 +37,7 @@ def wanted(stream=None) -> bool:
 
 def snapshot(target: Target, ledger, tag: str, now: Optional[float] = None) -> dict:
     experiments = ledger.experiments(tag)
-    extra = observe.optional(ledger, tag)
-    return {"summary": observe.summary(ledger, tag, target, experiments, extra),
+    return {"summary": observe.summary(observe.status(ledger, tag, target, experiments)),
             "slots": observe.in_flight(target, ledger, tag, experiments, now)}
 
 

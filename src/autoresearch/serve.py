@@ -102,7 +102,7 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
             if name is None:
                 return _json({"tag": None, "target": target.config.target.name,
                               "metric": {"name": target.config.metric.name, "goal": target.config.metric.goal}})
-            return _json(observe.summary(ledger, name, target))
+            return _json(observe.summary(observe.status(ledger, name, target)))
 
     @app.get("/api/experiments")
     def experiments(state: str = "", agent: str = "", q: str = ""):
@@ -110,8 +110,7 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
             if name is None:
                 return _json({"experiments": []})
             found = ledger.experiments(name)
-            extra = observe.optional(ledger, name)
-            rows = {r["id"]: r for r in observe.rows(found, target.config, extra)}
+            rows = {r["id"]: r for r in observe.rows(found, target.config, observe.status(ledger, name, target, found))}
             states = {s for s in state.split(",") if s}
             needle = q.strip().lower()
             chosen = [e for e in found if (not states or e.state.value in states) and (not agent or e.agent == agent)
@@ -126,8 +125,8 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
             chosen = next((e for e in found if e.index == index), None)
             if chosen is None:
                 raise HTTPException(404, f"no experiment #{index}")
-            row = next(r for r in observe.rows(found, target.config, observe.optional(ledger, name), diffs=True)
-                       if r["id"] == index)
+            status = observe.status(ledger, name, target, found)
+            row = next(r for r in observe.rows(found, target.config, status, diffs=True) if r["id"] == index)
             return _json(row)
 
     @app.get("/api/log/{index}")

@@ -9,7 +9,6 @@ moment (SIGKILL included) resumes with nothing lost and nothing counted twice.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import statistics
 import sys
@@ -33,24 +32,6 @@ from .target import Target
 
 STOPPED = "stopped on request (control file)"
 MAX_AGENT_FAILURES = 5  # consecutive agent errors before the session pauses instead of spinning
-
-
-def _lock(path: Path) -> IO:
-    """An exclusive lock on the target: two sessions would share worktrees and fight over the branch."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise SessionError(f"another autoresearch session ({holder}) is running on this target") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}")
-    handle.flush()
-    return handle
 
 
 def default_tag() -> str:
@@ -89,7 +70,10 @@ class Session:
         if target.config.commands.prepare and not target.data.is_dir():
             raise SessionError(f"no prepared data in {target.data}: run `autoresearch prepare` first")
         git.exclude(f"/{target.state.name}/")
-        lock = _lock(target.state / "session.lock")
+        try:
+            lock = control.lock(target.state)
+        except control.Locked as exc:
+            raise SessionError(str(exc)) from None
         ledger = Ledger(target.ledger_path)
         tag = tag or ledger.latest_tag() or default_tag()
         session = cls(target, ledger, agent, agent_name, executor, tag, budget or target.config.default_budget(),
