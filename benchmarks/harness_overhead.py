@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoresearch import assemble
+from autoresearch import assemble, scheduler
 from autoresearch.budget import Budget
 from autoresearch.executor import LocalExecutor
 from autoresearch.target import Target
@@ -78,10 +78,10 @@ def measure(agent_name: str, options: dict, experiments: int) -> dict:
         executor = TimedExecutor()
         with assemble.opened(target, assemble.agent(target, agent_name, options), agent_name, executor, tag="bench",
                              budget=Budget.parse("10steps"), say=lambda line: None) as session:
-            session.run(0)  # the baseline, outside the measurement
+            scheduler.run(session, 0)  # the baseline, outside the measurement
             executor.job_seconds = 0.0
             start = time.perf_counter()
-            session.run(experiments)
+            scheduler.run(session, experiments)
             wall = time.perf_counter() - start
         overhead = (wall - executor.job_seconds) / experiments
         return {"agent": agent_name, "experiments": experiments, "wall_s": round(wall, 3),

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoresearch import agents, assemble
+from autoresearch import agents, assemble, scheduler
 from autoresearch.agents import Agent
 from autoresearch.budget import Budget
 from autoresearch.records import RunState, State
@@ -129,7 +129,7 @@ def measure(target: Target, tag: str, slots: int, pipeline: bool, latency: float
     executor = assemble.executor("local", "cpu", slots if slots > 1 else None)
     with assemble.opened(target, SlowSearch(latency), "search", executor, tag=tag, budget=budget,
                          say=lambda text: None) as session:
-        session.run(experiments, final_test=False, pipeline=pipeline)
+        scheduler.run(session, experiments, final_test=False, pipeline=pipeline)
         done = session.ledger.experiments(tag)
     baseline, rest = done[0], [e for e in done[1:] if e.state is not State.INTERRUPTED]
     start, end = baseline.finished_at, max(e.finished_at for e in rest)

@@ -11,7 +11,7 @@ import signal
 from contextlib import contextmanager, nullcontext
 from typing import Callable, ContextManager, Iterator, Optional
 
-from . import agents, sandbox
+from . import agents, sandbox, scheduler
 from .agents import Agent
 from .budget import Budget
 from .config import AgentSection, LimitsSection
@@ -121,7 +121,7 @@ def run(target: Target, agent_name: str, *, agent_options: Optional[dict] = None
         say(f"session {session.session_id} on {session.branch}: agent {agent_name}, budget {session.budget}, "
             f"{shown}" + (f" ({runner.name})" if runner.name != "local" else ""))
         with watch(session) if watch else nullcontext():
-            return session.run(experiments, pipeline=pipeline)
+            return scheduler.run(session, experiments, pipeline=pipeline)
 
 
 @contextmanager

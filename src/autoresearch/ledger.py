@@ -3,13 +3,17 @@
 Every session, experiment (discarded ones included, with their diffs), run and decision. It is
 the single source of truth: status, export, resume, the agents' memory and reports read it.
 Schema changes are numbered, append-only migrations. Every write is one transaction, so a
-harness killed at any moment leaves either the old or the new state, never half of one.
+harness killed at any moment leaves either the old or the new state, never half of one. The
+threads of one session (its slots, the proposer) share one connection: every public method runs
+under the ledger's lock, so their transactions never interleave.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -175,10 +179,27 @@ _EXPERIMENT_COLUMNS = ("id, tag, idx, state, parent, commit_sha, description, ag
                        "effect, effect_se, margin, slot, proposed_on, origin")
 
 
+def _serialised(cls):
+    """Every public method of `cls` under the instance's lock (an RLock: methods call one another)."""
+    def locked(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            with self.lock:
+                return method(self, *args, **kwargs)
+        return call
+
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not name.startswith("_"):
+            setattr(cls, name, locked(member))
+    return cls
+
+
+@_serialised
 class Ledger:
-    """One target's ledger. Open it with `Ledger(path)`; it migrates itself."""
+    """One target's ledger. Open it with `Ledger(path)`; it migrates itself. Safe to share between threads."""
 
     def __init__(self, path: Path):
+        self.lock = threading.RLock()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)

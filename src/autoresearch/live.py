@@ -2,7 +2,7 @@
 
 An observer, not part of the loop: a thread reads the ledger and the running logs twice a second
 and redraws a Rich Live panel under the session's own lines (which keep scrolling above it). The
-CLI starts it around `Session.run` when stdout is a terminal; elsewhere (CI, a pipe, a log file)
+CLI starts it around `scheduler.run` when stdout is a terminal; elsewhere (CI, a pipe, a log file)
 the session prints its plain lines only.
 """
 
@@ -121,7 +121,7 @@ def render(snap: dict) -> RenderableType:
 
 
 class LiveView:
-    """`with LiveView(target, tag): session.run()` draws the panel until the block ends."""
+    """`with LiveView(target, tag): scheduler.run(session)` draws the panel until the block ends."""
 
     def __init__(self, target: Target, tag: str, console: Optional[Console] = None,
                  interval: float = REFRESH_SECONDS):

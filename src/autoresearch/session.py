@@ -1,4 +1,6 @@
-"""The research loop: propose, apply as a commit, run, judge, keep or discard, record. Resumable.
+"""A session on a research line: opening it (the target's lock, recovery), and what one experiment is made of:
+recording it, its runs, the judge's decision, keeping or discarding it; the noise statistics. The loop that drives
+experiments over the slots is scheduler.py.
 
 A research line is a tag; its branch `autoresearch/<tag>` always points at the best commit the
 ledger knows. Each `autoresearch run` is a session on a tag. The ledger is written before git is
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import IO, Callable, Optional
 
 from . import constraints, control, integrity, judge, knobs as knob_values, scope, stats, verify
-from .agents import Agent, AgentError, AgentExhausted, Context, Proposal, ProposalError
+from .agents import Agent, Proposal, ProposalError
 from .budget import Budget
 from .config import LimitsSection
 from .errors import SessionError
@@ -29,10 +31,6 @@ from .ledger import Ledger
 from .records import Experiment, Flag, RunState, State
 from .runner import Runner, RunSpec
 from .target import Target
-
-STOPPED = "stopped on request (control file)"
-MAX_AGENT_FAILURES = 5  # consecutive agent errors before the session pauses instead of spinning
-
 
 def default_tag() -> str:
     return time.strftime("%b%d").lower()
@@ -116,19 +114,19 @@ class Session:
             experiment = self.ledger.experiment(experiment_id)
             self.say(f"#{experiment.index} was left unfinished by a stopped harness: recorded as interrupted")
             if experiment.commit:
-                self.target.git.update_ref(self._experiment_ref(experiment), experiment.commit)
-        expected = self._best_commit()
+                self.target.git.update_ref(self.experiment_ref(experiment), experiment.commit)
+        expected = self.best_commit()
         actual = self.target.git.resolve(f"refs/heads/{self.branch}")
         if actual != expected:
             self.target.git.update_ref(f"refs/heads/{self.branch}", expected)
             self.say(f"branch {self.branch} moved to the ledger's best commit {expected[:9]}"
                      + (f" (it was at {actual[:9]})" if actual else ""))
 
-    def _best_commit(self) -> str:
+    def best_commit(self) -> str:
         best = self.ledger.best(self.tag)
         return best.commit if best else self.ledger.tag(self.tag)["base_commit"]
 
-    def _experiment_ref(self, experiment: Experiment) -> str:
+    def experiment_ref(self, experiment: Experiment) -> str:
         return f"refs/autoresearch/{self.tag}/{experiment.index}"
 
     def update_ref(self, ref: str, new: str, old: Optional[str] = None) -> None:
@@ -138,123 +136,49 @@ class Session:
         else:
             self.refs.update(ref, new, old)
 
-    # ---------------------------------------------------------------- the loop
-
-    def run(self, experiments: Optional[int] = None, final_test: bool = True, pipeline: Optional[bool] = None) -> str:
-        """Run the baseline if needed, then `experiments` experiments (None: until stopped or a limit is
-        reached), then the held-out test of the best commit (unless stopped by the user).
-
-        With several slots (or `pipeline`), experiments run concurrently, one per slot, and the agent proposes
-        while they train (scheduler.py); with one slot, one experiment after the other."""
-        started = time.monotonic()
-        slots = self.executor.slots()
-        slot = slots[0]
-        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
-        reason = "stopped"
-        control.clear(self.target.state)  # a pause or stop left from an earlier session does not apply
-        try:
-            if self.ledger.best(self.tag) is None:
-                baseline = self._run_baseline(worktree, slot)
-                if baseline.state is not State.BASELINE:
-                    reason = f"the baseline failed ({baseline.reason}); fix the target and run again"
-                    raise SessionError(reason)
-            if len(slots) > 1 or pipeline:
-                from .scheduler import Scheduler
-
-                reason = Scheduler(self, slots).run(experiments, started)
-            else:
-                reason = self._loop(worktree, slot, experiments, started)
-            self.say(reason)
-            if final_test and experiments != 0 and not reason.startswith(STOPPED):
-                self.heldout_test(self.target.config.judge.final_test_seeds)
-            return reason
-        except KeyboardInterrupt:
-            reason = "stopped by the user"
-            self.say(reason)
-            return reason
-        finally:
-            self.ledger.end_session(self.session_id, reason)
-
-    def _loop(self, worktree: Git, slot: Slot, experiments: Optional[int], started: float) -> str:
-        done, failures = 0, 0
-        try:
-            while experiments is None or done < experiments:
-                reached = self._limit_reached(started)
-                if reached:
-                    return f"stopped: {reached}"
-                if control.hold(self.target.state, self.say):  # the dashboard's pause / stop, between experiments
-                    return f"{STOPPED} after {done} experiments"
-                experiment = self.step(worktree, slot)
-                done += 1
-                failures = failures + 1 if experiment.reason.startswith("agent error") else 0
-                if failures >= MAX_AGENT_FAILURES:
-                    return f"paused: the agent failed {failures} times in a row ({experiment.reason})"
-        except AgentExhausted as exc:
-            return f"the agent has no more proposals: {exc}"
-        return f"done: {done} experiments"
+    # ---------------------------------------------------------------- experiments
 
     def close(self) -> None:
         self.ledger.close()
         if self.lock:
             self.lock.close()
 
-    def _run_baseline(self, worktree: Git, slot: Slot) -> Experiment:
+    def run_baseline(self, worktree: Git, slot: Slot) -> Experiment:
+        """The research line's base commit, run and judged: its baseline (calibrating the noise)."""
         commit = self.ledger.tag(self.tag)["base_commit"]
         worktree.reset_to(commit)
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=None, commit=commit,
-            description="baseline", agent="harness", knobs=self._knob_values(worktree.root), slot=slot.name)
-        self.update_ref(self._experiment_ref(experiment), commit)
+            description="baseline", agent="harness", knobs=self.knob_values(worktree.root), slot=slot.name)
+        self.update_ref(self.experiment_ref(experiment), commit)
         runs = judge.runs_wanted(self.target.config, baseline=True)
         self.say(f"#{experiment.index} baseline {commit[:9]} ({self.budget}, {runs} run{'s' * (runs > 1)}: "
                  f"{'calibrating the noise' if self.target.config.judge.rule == 'statistical' else 'fixed seeds'})")
-        return self._execute(experiment, worktree, slot, best=None)
+        decision, runs = self.judged(experiment, worktree, slot, None)
+        return self.finish(experiment, decision, runs, None)
 
-    def step(self, worktree: Git, slot: Slot) -> Experiment:
-        """One experiment: propose, check, commit, run, judge, record."""
-        parent = self._recalibrated(worktree, slot, self.ledger.best(self.tag))
-        worktree.reset_to(parent.commit)
-        history = tuple(self.ledger.experiments(self.tag))
-        suggestions = tuple(self.ledger.pending_suggestions(self.tag)[:1])  # `autoresearch suggest`, oldest first
-        context = Context(self.target.config, self.target.program(), self._editable_files(worktree),
-                          parent, self.ledger.baseline(self.tag), history, suggestions)
-        usage = None  # what the proposal cost (LLM agents), recorded with the experiment whatever happens
-        try:
-            proposal = self.agent.propose(context)
-            usage = proposal.meta.get("usage")
-            self._apply(worktree, proposal)
-        except (AgentExhausted, KeyboardInterrupt):
-            raise
-        except ProposalError as exc:
-            return self._spent(self._reject(parent, Proposal("(malformed proposal)"), f"malformed proposal: {exc}"),
-                               getattr(exc, "usage", None) or usage)
-        except AgentError as exc:
-            return self._spent(self._reject(parent, Proposal("(no proposal)"), f"agent error: {exc}"), exc.usage)
-        except Exception as exc:  # an agent's bug or outage is a recorded value, never the loop's end
-            return self._spent(self._reject(parent, Proposal("(no proposal)"),
-                                            f"agent error: {type(exc).__name__}: {exc}"), usage)
-        proposer = proposal.meta.get("agent") or self.agent_name  # a hybrid says which of its agents proposed
-
-        changes = worktree.stage_changes()
-        diff, added, removed = worktree.staged_diff()
-        problem = scope.violation(changes, worktree.root, self.target.config,
-                                  before=lambda path: worktree.run("show", f"HEAD:{path}", check=False))
-        if problem:
-            return self._took(proposal, self._spent(self._reject(parent, proposal, problem, diff, added, removed,
-                                                                 agent=proposer), usage))
-        commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {self.tag}: proposed by {proposer}")
+    def record(self, parent: Experiment, proposal: Proposal, state: State, usage=None, *, commit: Optional[str] = None,
+               agent: Optional[str] = None, **fields) -> Experiment:
+        """A new experiment of `proposal` on `parent`: rejected, or running at `commit` (its ref made), with what the
+        proposal cost and the suggestions it took up. `fields`: reason, diff, lines_added, lines_removed, knobs,
+        slot, proposed_on, origin."""
         experiment = self.ledger.add_experiment(
-            tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=parent.commit, commit=commit,
-            description=proposal.description, agent=proposer, diff=diff, lines_added=added,
-            lines_removed=removed, knobs=self._knob_values(worktree.root), slot=slot.name)
-        self._took(proposal, self._spent(experiment, usage))
-        self.update_ref(self._experiment_ref(experiment), commit)
-        return self._execute(experiment, worktree, slot, best=parent)
+            tag=self.tag, session_id=self.session_id, state=state, parent=parent.commit, commit=commit,
+            description=proposal.description, agent=agent or self.agent_name, **fields)
+        if usage is not None and (usage.tokens or usage.requests):
+            self.ledger.add_agent_cost(experiment.id, self.session_id, experiment.agent, usage)
+        taken = proposal.meta.get("suggestions") or ()
+        if taken:
+            self.ledger.take_suggestions(list(taken), experiment.id)
+        if commit:
+            self.update_ref(self.experiment_ref(experiment), commit)
+        if state is State.REJECTED:
+            self._report(experiment, parent)
+        return experiment
 
-    def _execute(self, experiment: Experiment, worktree: Git, slot: Slot, best: Optional[Experiment]) -> Experiment:
-        """Run seeds until the judge decides, then record the decision and move the branch on a keep."""
-        decision, runs = self.judged(experiment, worktree, slot, best)
-        return self.finish(experiment, decision, runs, best)
+    def recalibrated_best(self, worktree: Git, slot: Slot) -> Experiment:
+        """The best, with more runs first when its noise is unknown or stale: the parent of the next experiment."""
+        return self._recalibrated(worktree, slot, self.ledger.best(self.tag))
 
     def judged(self, experiment: Experiment, worktree: Git, slot: Slot, best: Optional[Experiment]):
         """Run seeds until the judge decides (an implausible keep confirmed or not): (decision, runs)."""
@@ -351,10 +275,10 @@ class Session:
     def calibrate(self, seeds: int) -> dict:
         """Run the best commit `seeds` more times (new seeds) and record the noise model; the baseline first."""
         slot = self.executor.slots()[0]
-        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
+        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self.best_commit())
         best = self.ledger.best(self.tag)
         if best is None:
-            best = self._run_baseline(worktree, slot)
+            best = self.run_baseline(worktree, slot)
             if best.state is not State.BASELINE:
                 raise SessionError(f"the baseline failed ({best.reason}); fix the target first")
         used = {run.seed for run in best.runs}
@@ -441,31 +365,9 @@ class Session:
         self.ledger.add_flag(experiment.id, Flag("constraint", broken))
         return dataclasses.replace(decision, state=State.DISCARDED, reason=broken)
 
-    def _took(self, proposal: Proposal, experiment: Experiment) -> Experiment:
-        """Record which queued suggestions the proposal behind `experiment` considered (the agent says so)."""
-        taken = proposal.meta.get("suggestions") or ()
-        if taken:
-            self.ledger.take_suggestions(list(taken), experiment.id)
-        return experiment
+    # ---------------------------------------------------------------- caps
 
-    def _reject(self, parent: Experiment, proposal: Proposal, reason: str, diff: str = "", added: int = 0,
-                removed: int = 0, agent: Optional[str] = None, **where) -> Experiment:
-        experiment = self.ledger.add_experiment(
-            tag=self.tag, session_id=self.session_id, state=State.REJECTED, parent=parent.commit, commit=None,
-            description=proposal.description, agent=agent or self.agent_name, diff=diff, lines_added=added,
-            lines_removed=removed, reason=reason, **where)  # where: slot, proposed_on, origin
-        self._report(experiment, parent)
-        return experiment
-
-    # ---------------------------------------------------------------- agent spend and caps
-
-    def _spent(self, experiment: Experiment, usage) -> Experiment:
-        """Record what the proposal behind `experiment` cost (nothing for agents that do not pay)."""
-        if usage is not None and (usage.tokens or usage.requests):
-            self.ledger.add_agent_cost(experiment.id, self.session_id, experiment.agent, usage)
-        return experiment
-
-    def _limit_reached(self, started: float) -> Optional[str]:
+    def limit_reached(self, started: float) -> Optional[str]:
         """Which cap of this session is reached, if any (checked before each proposal)."""
         limits = self.limits
         if limits.max_hours is not None and time.monotonic() - started >= limits.max_hours * 3600:
@@ -485,7 +387,8 @@ class Session:
 
     # ---------------------------------------------------------------- helpers
 
-    def _apply(self, worktree: Git, proposal: Proposal) -> None:
+    def write_proposal(self, worktree: Git, proposal: Proposal) -> None:
+        """Write the proposal's files into the worktree (never outside it, never into .git)."""
         root = worktree.root.resolve()
         for relative, content in proposal.writes.items():
             path = (root / relative).resolve()
@@ -497,13 +400,7 @@ class Session:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content)
 
-    def _editable_files(self, worktree: Git) -> dict[str, str]:
-        tracked = worktree.run("ls-files", "-z").split("\0")
-        return {path: (worktree.root / path).read_text(errors="replace") for path in tracked
-                if path and scope.matches(path, self.target.config.files.editable)
-                and not scope.is_protected(path, self.target.config)}
-
-    def _knob_values(self, root: Path) -> dict:
+    def knob_values(self, root: Path) -> dict:
         values = {}
         for knob in self.target.config.knobs:
             path = root / knob.file

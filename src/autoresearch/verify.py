@@ -18,18 +18,15 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from scipy.special import stdtrit  # the Student t quantile: scipy.stats would cost seconds to import
 
 from . import knobs, scope
 from .budget import Budget
+from .executor import Slot
+from .gitrepo import Git
 from .records import RunState
-
-if TYPE_CHECKING:
-    from .executor import Slot
-    from .gitrepo import Git
-    from .session import Session
 
 _SCALE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([+\-x*]?)\s*(-?[0-9.]+(?:e-?\d+)?)$")
 
@@ -67,7 +64,7 @@ class Scale:
         return f"{self.name.lower()}={self.op}{amount}"
 
 
-def scaled_commit(worktree: "Git", commit: str, scales: list[Scale], editable: list[str]) -> str:
+def scaled_commit(worktree: Git, commit: str, scales: list[Scale], editable: list[str]) -> str:
     """A commit on top of `commit` with each scaled constant changed in the editable file that defines it."""
     worktree.reset_to(commit)
     files = [p for p in worktree.run("ls-files", "-z").split("\0") if p.endswith(".py") and scope.matches(p, editable)]
@@ -102,10 +99,13 @@ def paired_effect(baseline: list[Optional[float]], candidate: list[Optional[floa
     return {"pairs": len(diffs), "effect": effect, "ci": [low, high], "verdict": verdict}
 
 
-def compare(session: "Session", worktree: "Git", slot: "Slot", baseline_commit: str, candidate_commit: str, *,
+def compare(session, worktree: Git, slot: Slot, baseline_commit: str, candidate_commit: str, *,
             seeds: list[int], split: str, kind: str, budget: Optional[Budget] = None,
             scales: Optional[list[Scale]] = None) -> dict:
-    """Run both commits with `seeds`, interleaved, evaluated on `split`; record and return the summary."""
+    """Run both commits with `seeds`, interleaved, evaluated on `split`; record and return the summary.
+
+    `session` is the open session (session.py, which calls this module: so it is not imported here): its runs,
+    ledger, refs and lines."""
     config = session.target.config
     budget = budget or session.budget
     scales = scales or []
