@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.records import RunState, State
-from test_workers import assert_consistent, knobs
+from test_workers import assert_consistent, knobs, overlapped
 from toy import TAG, alive, build_toy, run_cli, wait_for
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'autoresearch[ray]')")
@@ -117,6 +117,17 @@ def test_the_loop_runs_its_runs_as_ray_tasks(cluster, tmp_path):
     assert "[autoresearch] ran on ray node" in log and "score: 5.4" in log  # the log came back
     assert toy.best().metric < 5.4
     assert ray.is_initialized()  # a cluster autoresearch did not start is left running
+
+
+def test_a_new_lines_calibration_runs_as_ray_tasks_at_once(cluster, tmp_path):
+    from toy import CONFIG
+
+    toy = build_toy(tmp_path, sleep=1.0, config=CONFIG + "\n[run]\nseeds = [0, 1]\n")
+    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--workers", "2", "--executor", "ray", "--experiments", "0")
+    assert result.code == 0, result.text
+    (baseline,) = toy.experiments()
+    assert baseline.state is State.BASELINE and {r.slot for r in baseline.runs} == {"ray-cpu0", "ray-cpu1"}
+    assert overlapped(baseline.runs)  # two tasks in flight at once
 
 
 def test_the_trusted_evaluator_runs_on_the_worker_and_rules_hold(cluster, tmp_path):

@@ -19,7 +19,7 @@ from autoresearch.records import RunState, State
 from autoresearch.runner import MALLOC_TUNING, Runner, RunSpec
 from autoresearch.budget import Budget
 from autoresearch.target import Target
-from toy import TAG, alive, build_guarded, build_toy, children, group_alive, quick_judge, run_cli, wait_for
+from toy import CONFIG, TAG, alive, build_guarded, build_toy, children, group_alive, quick_judge, run_cli, wait_for
 
 FINAL = {State.BASELINE, State.KEPT, State.DISCARDED, State.CRASHED, State.REJECTED, State.INTERRUPTED,
          State.SUPERSEDED, State.TIMEOUT}
@@ -295,6 +295,36 @@ def test_workers_with_the_statistical_judge_and_a_trusted_evaluator(tmp_path):
     low = next(e for e in experiments if e.description == "LR 0.5")
     assert low.state in (State.DISCARDED, State.REJECTED)  # worse; or, on LR 2, its edit no longer applies
     assert any(e.state is State.KEPT for e in experiments)
+    # every slot works from the first minute to the last: the baseline's calibration runs and the held-out test
+    assert {r.slot for r in experiments[0].runs} == {"cpu0", "cpu1"} and overlapped(experiments[0].runs)
+    (heldout,) = [v for v in toy.ledger().verifications(TAG) if v["kind"] == "heldout"]
+    assert len(heldout["runs"]) == 4 and {r["slot"] for r in heldout["runs"]} == {"cpu0", "cpu1"}
+
+
+# ---------------------------------------------------------------- runs spread over the slots
+
+def test_a_new_lines_calibration_runs_at_once_on_every_slot(make_toy):
+    toy = make_toy(sleep=0.6, config=CONFIG + "\n[run]\nseeds = [0, 1, 2, 3]\n")
+    result = run(toy, [], "--workers", "2", "--experiments", "0")
+    (baseline,) = toy.experiments()
+    assert baseline.state is State.BASELINE and [r.seed for r in baseline.runs] == [0, 1, 2, 3]
+    assert Counter(r.slot for r in baseline.runs) == {"cpu0": 2, "cpu1": 2} and overlapped(baseline.runs)
+    assert "#0    baseline" in result.out
+
+
+def test_verify_runs_both_sides_at_once_on_every_slot(tmp_path):
+    toy = build_guarded(tmp_path)
+    run(toy, [], "--experiments", "0")
+    result = run_cli("verify", "-C", toy.root, "--seeds", "2", "--split", "val", "--workers", "2")
+    assert result.code == 0, result.text
+    (verification,) = toy.ledger().verifications(TAG)
+    runs = verification["runs"]
+    assert sorted((r["role"], r["seed"]) for r in runs) == [("baseline", 0), ("baseline", 1), ("candidate", 0),
+                                                            ("candidate", 1)]
+    assert {r["slot"] for r in runs} == {"cpu0", "cpu1"}
+    spans = sorted((r["started_at"], r["started_at"] + r["seconds"]) for r in runs)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # two were in flight at once
+    assert verification["summary"]["effect"]["pairs"] == 2  # paired by seed, whatever order they finished in
 
 
 # ---------------------------------------------------------------- the built-in GPT target

@@ -126,14 +126,15 @@ def run(target: Target, agent_name: str, *, agent_options: Optional[dict] = None
 
 @contextmanager
 def harness_session(target: Target, purpose: str, tag: Optional[str] = None, budget: Optional[Budget] = None,
-                    device: Optional[str] = None, say: Callable[[str], None] = print) -> Iterator[Session]:
+                    device: Optional[str] = None, slots: Optional[int] = None,
+                    say: Callable[[str], None] = print) -> Iterator[Session]:
     """A session on an existing research line for a harness job (calibrate, verify): no agent. Its end is recorded in
     the ledger however the job ends."""
     if tag is None and _latest_tag(target) is None:
         raise UsageError(f"nothing to {purpose}: no research yet (`autoresearch run` starts with the baseline)")
     stop_on_sigterm()
-    with opened(target, None, purpose, LocalExecutor(device or target.config.run.device), tag=tag, budget=budget,
-                say=say) as session:
+    with opened(target, None, purpose, executor("local", device or target.config.run.device, slots), tag=tag,
+                budget=budget, say=say) as session:
         reason = f"{purpose}: done"
         try:
             yield session

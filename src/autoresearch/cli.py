@@ -93,7 +93,7 @@ def cmd_calibrate(args) -> int:
 
     target = Target.open(args.C)
     name = target.config.metric.name
-    with assemble.harness_session(target, "calibrate", args.tag, args.budget, args.device) as session:
+    with assemble.harness_session(target, "calibrate", args.tag, args.budget, args.device, args.workers) as session:
         record = session.calibrate(args.seeds)
         noise = session.noise()
     if record["sd"] is None:
@@ -119,19 +119,18 @@ def cmd_verify(args) -> int:
         raise UsageError(str(exc)) from None
     if args.seeds < 2:
         raise UsageError("--seeds must be 2 or more: the interval needs pairs")
-    with assemble.harness_session(target, "verify", args.tag, args.budget, args.device) as session:
+    with assemble.harness_session(target, "verify", args.tag, args.budget, args.device, args.workers) as session:
         baseline = session.ledger.baseline(session.tag)
         if baseline is None:
             raise UsageError("the research line has no baseline yet")
         candidate = target.git.resolve(args.commit) if args.commit else session.ledger.best(session.tag).commit
         if candidate is None:
             raise UsageError(f"no commit {args.commit!r} in {target.root}")
-        slot = session.executor.slots()[0]
-        worktree = target.git.add_worktree(target.worktrees / slot.name, candidate)
         try:
-            summary = verify.compare(session, worktree, slot, baseline.commit, candidate,
-                                     seeds=list(range(args.seeds)), split=args.split, kind="verify",
-                                     budget=args.budget, scales=scales)
+            with session.slots.take() as (worktree, slot):
+                summary = verify.compare(session, worktree, slot, baseline.commit, candidate,
+                                         seeds=list(range(args.seeds)), split=args.split, kind="verify",
+                                         budget=args.budget, scales=scales)
         except verify.VerifyError as exc:
             raise UsageError(str(exc)) from None
     effect = summary["effect"]
@@ -339,6 +338,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget (default: the target's)")
     p.add_argument("--tag", help="research line (default: the latest)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
+    p.add_argument("--workers", type=int, metavar="N", help="runs at once, one per slot (default: one per visible "
+                   "GPU, else 1)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("verify", parents=[common],
@@ -351,6 +352,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val"), default="test", help="evaluation split (default: test)")
     p.add_argument("--tag", help="research line (default: the latest)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
+    p.add_argument("--workers", type=int, metavar="N", help="runs at once, one per slot (default: one per visible "
+                   "GPU, else 1)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("status", parents=[common], help="the research at a glance")

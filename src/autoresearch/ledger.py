@@ -172,6 +172,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             taken_at REAL
         );
     """),
+    ("007_verification_slots", """
+        ALTER TABLE verification_runs ADD COLUMN slot TEXT;
+        ALTER TABLE verification_runs ADD COLUMN started_at REAL;
+    """),
 ]
 
 _EXPERIMENT_COLUMNS = ("id, tag, idx, state, parent, commit_sha, description, agent, diff, lines_added, "
@@ -480,9 +484,9 @@ class Ledger:
         with self._transaction():
             self.db.execute(
                 "INSERT INTO verification_runs (verification_id, role, commit_sha, seed, split, state, metric, "
-                "seconds, reason, log_path, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "seconds, reason, log_path, finished_at, slot, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (verification_id, role, commit, run.seed, split, RunState(run.state).value, run.metric, run.seconds,
-                 run.reason, run.log_path, time.time()))
+                 run.reason, run.log_path, time.time(), run.slot, run.started_at))
 
     def finish_verification(self, verification_id: int, summary: dict) -> None:
         with self._transaction():
@@ -495,13 +499,14 @@ class Ledger:
             "FROM verifications WHERE tag = ? ORDER BY id", (tag,)).fetchall()
         out = []
         for id_, kind, settings, base, cand, summary, created, finished in rows:
-            runs = self.db.execute("SELECT role, commit_sha, seed, split, state, metric, seconds, reason, log_path "
-                                   "FROM verification_runs WHERE verification_id = ? ORDER BY id", (id_,)).fetchall()
+            runs = self.db.execute("SELECT role, commit_sha, seed, split, state, metric, seconds, reason, log_path, "
+                                   "slot, started_at FROM verification_runs WHERE verification_id = ? ORDER BY id",
+                                   (id_,)).fetchall()
             out.append({"id": id_, "kind": kind, "settings": json.loads(settings), "baseline_commit": base,
                         "candidate_commit": cand, "summary": json.loads(summary) if summary else None,
                         "created_at": created, "finished_at": finished,
                         "runs": [dict(zip(("role", "commit", "seed", "split", "state", "metric", "seconds", "reason",
-                                           "log_path"), r)) for r in runs]})
+                                           "log_path", "slot", "started_at"), r)) for r in runs]})
         return out
 
 

@@ -2,7 +2,9 @@
 
     autoresearch run --workers 8 --executor ray --address HEAD_IP:6379
 
-A slot is a task's resources: one GPU (`num_gpus=1`) where the cluster has GPUs, else a share of its CPUs. A run's
+A slot is a task's resources: one GPU (`num_gpus=1`) where the cluster has GPUs, else a share of its CPUs; as many
+runs are in flight as there are slots (several at once from a new line's calibration, a verification or the held-out
+test: slots.py), each waiting on its task in its own thread. A run's
 task gets the experiment's commit as a `git archive` of the coordinator's repository (committed again in a scratch
 repository on the worker: blob hashes, which the integrity checks compare, are the same) and the prepared data
 (put in Ray's object store once per session, unpacked once per node), then does on the worker exactly what a local
@@ -24,6 +26,7 @@ import shutil
 import socket
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -66,6 +69,7 @@ class RayExecutor(Executor):
         self.gpus = bool(gpus and device in ("auto", "cuda"))
         self._task = ray.remote(_remote_run)
         self._data: dict[str, tuple] = {}  # data directory -> (digest, object ref)
+        self._shipping = threading.Lock()
 
     def slots(self) -> list[Slot]:
         return list(self._slots)
@@ -138,13 +142,14 @@ class RayExecutor(Executor):
         files = sorted(p for p in data.rglob("*") if p.is_file()) if data.is_dir() else []
         stamp = hashlib.sha256(repr([(str(p.relative_to(data)), p.stat().st_size, p.stat().st_mtime_ns)
                                      for p in files]).encode()).hexdigest()[:16]
-        if self._data.get(str(data), (None,))[0] != stamp:
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w") as tar:
-                for path in files:
-                    tar.add(path, arcname=str(path.relative_to(data)))
-            self._data[str(data)] = (stamp, self.ray.put(buffer.getvalue()))
-        return self._data[str(data)]
+        with self._shipping:  # runs start from several threads at once (slots.py): the data is put once
+            if self._data.get(str(data), (None,))[0] != stamp:
+                buffer = io.BytesIO()
+                with tarfile.open(fileobj=buffer, mode="w") as tar:
+                    for path in files:
+                        tar.add(path, arcname=str(path.relative_to(data)))
+                self._data[str(data)] = (stamp, self.ray.put(buffer.getvalue()))
+            return self._data[str(data)]
 
 
 # ---------------------------------------------------------------------------- on the worker

@@ -8,6 +8,10 @@ One slot without `--pipeline` is the reference loop: the agent proposes when the
 moment, and the next proposal waits for the decision. With several slots (or `--pipeline`) the agent proposes while
 they train, up to one proposal more than there are slots.
 
+A new line's baseline, whose calibration runs are all needed before anything is judged, and the held-out test at
+the end run at once on every slot (slots.py); so do an experiment's extra runs (a re-calibration, the confirmation
+of an implausible jump) on the slots that are free.
+
 The thread that calls `run` (the main thread, the one Ctrl-C reaches) watches: it obeys the control file between
 experiments (`pause` holds before the next one, `resume`, `stop` ends once the experiments in flight are recorded)
 and stops every slot on Ctrl-C. The threads share the ledger (its methods are serialised) and take turns, under the
@@ -62,8 +66,8 @@ def run(session: Session, experiments: Optional[int] = None, final_test: bool = 
     control.clear(session.target.state)  # a pause or stop left from an earlier session does not apply
     try:
         if session.ledger.best(session.tag) is None:
-            worktree = session.target.git.add_worktree(session.target.worktrees / slots[0].name, session.best_commit())
-            baseline = session.run_baseline(worktree, slots[0])
+            with session.slots.take() as (worktree, slot):  # its calibration runs spread over every slot
+                baseline = session.run_baseline(worktree, slot)
             if baseline.state is not State.BASELINE:
                 reason = f"the baseline failed ({baseline.reason}); fix the target and run again"
                 raise SessionError(reason)
@@ -121,16 +125,14 @@ class Scheduler:
         limit), the agent has no more, or it failed too often; the reason the session ends."""
         session = self.session
         self.experiments, self.started = experiments, started
-        worktrees = {slot.name: session.target.git.add_worktree(session.target.worktrees / slot.name,
-                                                                 session.best_commit()) for slot in self.slots}
         for origin in self._unstacked(session.ledger.experiments(session.tag)):
             session.say(f"#{origin.index} was superseded and not yet re-applied: stacking it on the best")
             self.stacks.append(Pending(origin, origin=origin))
         if self.pipeline:
             session.say(f"{len(self.slots)} slot{'s' * (len(self.slots) > 1)} "
                         f"({', '.join(self._describe(s) for s in self.slots)}), up to {self._room()} proposals ahead")
-        threads = [threading.Thread(target=self._slot_main, args=(slot, worktrees[slot.name]), daemon=True,
-                                    name=f"autoresearch-{slot.name}") for slot in self.slots]
+        threads = [threading.Thread(target=self._slot_main, daemon=True, name=f"autoresearch-slot{i}")
+                   for i in range(len(self.slots))]
         proposer = threading.Thread(target=self._propose_main, daemon=True, name="autoresearch-proposer")
         interrupted = False
         try:
@@ -295,11 +297,14 @@ class Scheduler:
                     return None
                 self.cond.wait(0.5)
 
-    def _slot_main(self, slot: Slot, worktree: Git) -> None:
+    def _slot_main(self) -> None:
+        """One experiment after another, each on a slot of the session's (one lent to runs elsewhere comes back
+        when they are done)."""
         try:
             while (item := self._next()) is not None:
                 try:
-                    self._work(item, slot, worktree)
+                    with self.session.slots.take() as (worktree, slot):
+                        self._work(item, slot, worktree)
                 finally:
                     with self.cond:
                         self.applying.discard(item)

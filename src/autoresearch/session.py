@@ -28,8 +28,9 @@ from .costs import dollars
 from .executor import Executor, Slot, kill_leftovers
 from .gitrepo import Git
 from .ledger import Ledger
-from .records import Experiment, Flag, RunState, State
+from .records import Experiment, Flag, RunRecord, RunState, State
 from .runner import Runner, RunSpec
+from .slots import Slots
 from .target import Target
 
 def default_tag() -> str:
@@ -51,6 +52,7 @@ class Session:
     lock: Optional[IO] = None  # held while the session lives; the OS releases it if the process dies
     limits: LimitsSection = LimitsSection()  # agent spend and wall-clock caps of this session
     refs: Optional[integrity.RefGuard] = None  # every ref update of the harness, so runs can be checked against it
+    slots: Optional[Slots] = None  # the executor's slots with their worktrees, lent to experiments and runs
 
     @property
     def branch(self) -> str:
@@ -80,6 +82,7 @@ class Session:
             session._ensure_tag()
             session._recover()
             session.refs = integrity.RefGuard(git)
+            session.slots = Slots(git, executor, target.worktrees, session.best_commit)
             session.protected = integrity.protected_blobs(git, ledger.tag(tag)["base_commit"], target.config)
             session.session_id = ledger.start_session(tag, agent_name, str(session.budget), sys.argv, os.getpid())
         except BaseException:
@@ -187,9 +190,11 @@ class Session:
         decision = None
         try:
             while decision is None or decision.state is None:  # the judge always decides by its last run
-                run = self.run_once(worktree, slot, experiment.commit, judge.seed(config, len(runs)),
-                                    experiment=experiment)
-                runs.append(run)
+                # a baseline needs all its runs (the noise is calibrated on them): at once, on every free slot
+                count = judge.runs_wanted(config, baseline=True) - len(runs) if best is None else 1
+                runs += self.slots.map([self.job(experiment.commit, judge.seed(config, len(runs) + i),
+                                                 experiment=experiment) for i in range(max(1, count))],
+                                       held=(worktree, slot))
                 decision = self._constrained(experiment, runs, best, judge.decide(
                     runs, best, config, self.noise(runs), experiment.lines_added, experiment.lines_removed))
                 if decision.state is None:
@@ -216,6 +221,10 @@ class Session:
             self._record_noise(finished)
         self._report(finished, best)
         return finished
+
+    def job(self, commit: str, seed: int, **options) -> Callable[[Git, Slot], RunRecord]:
+        """One run of `commit` with `seed` (run_once's options), for `slots.map` to run on whichever slot is free."""
+        return lambda worktree, slot: self.run_once(worktree, slot, commit, seed, **options)
 
     def run_once(self, worktree: Git, slot: Slot, commit: str, seed: int, *, experiment: Optional[Experiment] = None,
                  budget: Optional[Budget] = None, split: str = "val", directory: Optional[Path] = None):
@@ -274,18 +283,17 @@ class Session:
 
     def calibrate(self, seeds: int) -> dict:
         """Run the best commit `seeds` more times (new seeds) and record the noise model; the baseline first."""
-        slot = self.executor.slots()[0]
-        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self.best_commit())
-        best = self.ledger.best(self.tag)
-        if best is None:
-            best = self.run_baseline(worktree, slot)
-            if best.state is not State.BASELINE:
-                raise SessionError(f"the baseline failed ({best.reason}); fix the target first")
-        used = {run.seed for run in best.runs}
-        new = [seed for seed in range(len(used) + seeds * 2) if seed not in used][:seeds]
-        self.say(f"calibrating #{best.index} ({best.commit[:9]}) with {len(new)} more seeds: {new}")
-        for seed in new:
-            run = self.run_once(worktree, slot, best.commit, seed, experiment=best)
+        with self.slots.take() as (worktree, slot):
+            best = self.ledger.best(self.tag)
+            if best is None:
+                best = self.run_baseline(worktree, slot)
+                if best.state is not State.BASELINE:
+                    raise SessionError(f"the baseline failed ({best.reason}); fix the target first")
+            used = {run.seed for run in best.runs}
+            new = [seed for seed in range(len(used) + seeds * 2) if seed not in used][:seeds]
+            self.say(f"calibrating #{best.index} ({best.commit[:9]}) with {len(new)} more seeds: {new}")
+            done = self.slots.map([self.job(best.commit, seed, experiment=best) for seed in new], held=(worktree, slot))
+        for seed, run in zip(new, done):
             shown = f"{run.metric:.6f}" if run.metric is not None else f"{run.state.value} ({run.reason})"
             self.say(f"  seed {seed}: {self.target.config.metric.name} {shown}")
         best = self.ledger.experiment(best.id)
@@ -298,9 +306,8 @@ class Session:
         """An implausible keep must hold on two more seeds and on the held-out test split."""
         config = self.target.config
         self.say(f"#{experiment.index} {suspicion}: confirming on more seeds and on the test split")
-        while len(runs) < config.judge.max_runs + 2:
-            runs.append(self.run_once(worktree, slot, experiment.commit, judge.seed(config, len(runs)),
-                                      experiment=experiment))
+        runs += self.slots.map([self.job(experiment.commit, judge.seed(config, position), experiment=experiment)
+                                for position in range(len(runs), config.judge.max_runs + 2)], held=(worktree, slot))
         decision = judge.decide(runs, best, config, self.noise(runs), experiment.lines_added, experiment.lines_removed)
         outcome = decision.reason
         if decision.state is State.KEPT and config.commands.evaluate:
@@ -333,10 +340,10 @@ class Session:
         why = "the noise is unknown" if not noise.known else (
             f"the best moved {abs(best.metric - history[-1]['mean']) / noise.sd:.0f} noise sds since the last calibration")
         self.say(f"re-calibrating on #{best.index}: {why}")
-        for seed in [s for s in range(config.judge.calibrate_seeds * 2) if s not in {r.seed for r in best.runs}]:
-            if len(self.ledger.experiment(best.id).metrics) >= config.judge.calibrate_seeds:
-                break
-            self.run_once(worktree, slot, best.commit, seed, experiment=best)
+        seeds = [s for s in range(config.judge.calibrate_seeds * 2) if s not in {r.seed for r in best.runs}]
+        while seeds and (missing := config.judge.calibrate_seeds - len(self.ledger.experiment(best.id).metrics)) > 0:
+            batch, seeds = seeds[:missing], seeds[missing:]  # as many as are missing, at once; again for failed ones
+            self.slots.map([self.job(best.commit, seed, experiment=best) for seed in batch], held=(worktree, slot))
         best = self.ledger.experiment(best.id)
         if best.metrics:
             best = self.ledger.refine_metric(best.id, statistics.fmean(best.metrics))
@@ -348,10 +355,9 @@ class Session:
         best, baseline = self.ledger.best(self.tag), self.ledger.baseline(self.tag)
         if not (seeds and best and baseline and best.id != baseline.id and self.target.config.commands.evaluate):
             return None
-        slot = self.executor.slots()[0]
-        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, best.commit)
-        return verify.compare(self, worktree, slot, baseline.commit, best.commit, seeds=list(range(seeds)),
-                              split="test", kind="heldout")
+        with self.slots.take() as (worktree, slot):
+            return verify.compare(self, worktree, slot, baseline.commit, best.commit, seeds=list(range(seeds)),
+                                  split="test", kind="heldout")
 
     def _constrained(self, experiment: Experiment, runs: list, best: Optional[Experiment],
                      decision: "judge.Decision") -> "judge.Decision":
