@@ -1,4 +1,4 @@
-"""Time to the first experiment of a new research line, with 1 and 2 slots: the baseline's calibration runs are
+"""Time to the first experiment of a new tag, with 1 and 2 slots: the baseline's calibration runs are
 spread over the free slots, so with two slots the first experiment should start about twice as soon.
 
     flock /tmp/autoresearch-bench.lock python benchmarks/first_experiment.py [--pairs 2] [--seeds 4] [--budget 3s]
@@ -6,7 +6,7 @@ spread over the free slots, so with two slots the first experiment should start 
 The target is utilisation.py's timed one (python's own start, then `--startup` seconds; training sleeps for the
 budget; the evaluator takes `--evaluation` seconds), so what is measured is the harness's scheduling, not a CPU
 shared with other jobs; its judge is the statistical one, calibrating the baseline with `--seeds` runs. Each
-measurement is a fresh target and a new line run by the command a user types,
+measurement is a fresh target and a new tag run by the command a user types,
 `autoresearch run --agent search --experiments 1 --slots N`, with 1 and 2 slots in alternation (1, 2, 1, 2, ...:
 a load that drifts hits both alike). From the ledger: the time from the session's start to the first experiment's
 row (it is recorded when the experiment starts running), and the baseline's own duration.

@@ -7,7 +7,7 @@
 take fixed times (python's own start, then `--startup` seconds; training sleeps for the budget; the evaluator
 takes `--evaluation` seconds), so that what is measured is the loop, not a machine shared with other jobs.
 
-For each configuration a new research line: its baseline, then `--experiments` experiments proposed by the
+For each configuration a new tag: its baseline, then `--experiments` experiments proposed by the
 offline search, each proposal delayed by the agent latency (a stand-in for an LLM call). Measured from the end of
 the baseline to the end of the last experiment:
 

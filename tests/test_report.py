@@ -1,4 +1,4 @@
-"""`autoresearch report` and `export --branch/--patches` on a research line holding every experiment state."""
+"""`autoresearch report` and `export --branch/--patches` on a tag holding every experiment state."""
 
 import re
 import shutil

@@ -29,14 +29,14 @@ def status(cli, toy):
 
 
 # one slot (the reference loop), two slots, one slot pipelined: the same steering
-SLOTS = pytest.mark.parametrize("slots", [[], ["--workers", "2"], ["--pipeline"]], ids=["1slot", "2slots", "pipeline"])
+SLOTS = pytest.mark.parametrize("slots", [[], ["--slots", "2"], ["--pipeline"]], ids=["1slot", "2slots", "pipeline"])
 
 
 @SLOTS
 def test_a_suggestion_reaches_the_next_proposal_and_is_recorded_with_its_outcome(toy, cli, slots):
-    assert run(cli, toy, [], "--experiments", "0").code == 0  # a research line with its baseline
+    assert run(cli, toy, [], "--experiments", "0").code == 0  # a tag with its baseline
     queued = cli("suggest", "-C", toy.root, "raise the learning rate towards 3")
-    assert queued.code == 0 and "suggestion #1 queued for research line t" in queued.out
+    assert queued.code == 0 and "suggestion #1 queued for tag t" in queued.out
     assert "the next proposal considers it" in queued.out
     assert run(cli, toy, [LR_2], "--experiments", "1", *slots).code == 0
     data = status(cli, toy)
@@ -59,7 +59,7 @@ def test_suggestions_are_taken_up_one_per_proposal_oldest_first(toy, cli):
     assert [(s["text"], s["experiment"]) for s in data["suggestions"]] == [("first idea", 1), ("second idea", 2)]
 
 
-@pytest.mark.parametrize("slots", [["--workers", "2"], ["--pipeline"]], ids=["2slots", "pipeline"])
+@pytest.mark.parametrize("slots", [["--slots", "2"], ["--pipeline"]], ids=["2slots", "pipeline"])
 def test_proposals_made_while_others_wait_take_up_different_suggestions(toy, cli, slots):
     """With proposals made ahead (several slots, the pipeline), a suggestion goes to one of them only."""
     for text in ("first idea", "second idea", "third idea"):
@@ -121,7 +121,7 @@ def test_the_claude_agent_sends_the_suggestion_and_records_it_taken(toy, cli, mo
 
 def test_suggest_before_any_research_waits_for_the_first_line(toy, cli):
     queued = cli("suggest", "-C", toy.root, "an early idea")
-    assert queued.code == 0 and "queued for the next research line" in queued.out
+    assert queued.code == 0 and "queued for whichever tag runs next" in queued.out
     assert "no session is running" in queued.out
     assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
     assert status(cli, toy)["experiments"][1]["description"] == "as asked: an early idea"

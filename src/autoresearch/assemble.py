@@ -69,7 +69,7 @@ def executor(name: str = "local", device: str = "auto", slots: Optional[int] = N
         from .ray_executor import RayExecutor, RayUnavailable
 
         try:
-            return RayExecutor(device=device, workers=slots, address=address)
+            return RayExecutor(device=device, slots=slots, address=address)
         except RayUnavailable as exc:
             raise UsageError(str(exc)) from None
     raise UsageError(f"unknown executor {name!r}; available: local, ray")
@@ -128,7 +128,7 @@ def run(target: Target, agent_name: str, *, agent_options: Optional[dict] = None
 def harness_session(target: Target, purpose: str, tag: Optional[str] = None, budget: Optional[Budget] = None,
                     device: Optional[str] = None, slots: Optional[int] = None,
                     say: Callable[[str], None] = print) -> Iterator[Session]:
-    """A session on an existing research line for a harness job (calibrate, verify): no agent. Its end is recorded in
+    """A session on an existing tag for a harness job (calibrate, verify): no agent. Its end is recorded in
     the ledger however the job ends."""
     if tag is None and _latest_tag(target) is None:
         raise UsageError(f"nothing to {purpose}: no research yet (`autoresearch run` starts with the baseline)")

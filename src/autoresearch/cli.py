@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
                           overrides={"model": args.model, "base_url": args.base_url},
                           caps={"max_cost": args.max_cost, "max_tokens": args.max_tokens, "max_hours": args.max_hours},
                           experiments=args.experiments, budget=args.budget, tag=args.tag, device=args.device,
-                          slots=args.workers, pipeline=args.pipeline, executor_name=args.executor, address=args.address,
+                          slots=args.slots, pipeline=args.pipeline, executor_name=args.executor, address=args.address,
                           watch=_live_view)
     print(f"session ended: {reason}")
     return 0 if not reason.startswith("paused") else 1
@@ -93,7 +93,7 @@ def cmd_calibrate(args) -> int:
 
     target = Target.open(args.C)
     name = target.config.metric.name
-    with assemble.harness_session(target, "calibrate", args.tag, args.budget, args.device, args.workers) as session:
+    with assemble.harness_session(target, "calibrate", args.tag, args.budget, args.device, args.slots) as session:
         record = session.calibrate(args.seeds)
         noise = session.noise()
     if record["sd"] is None:
@@ -105,7 +105,7 @@ def cmd_calibrate(args) -> int:
     if record["steps_mean"] is not None:
         spread = f" ± {record['steps_sd']:.1f}" if record["steps_sd"] is not None else ""
         print(f"  steps per run: {record['steps_mean']:.1f}{spread}")
-    print(f"  pooled over the research line: {noise.describe()}")
+    print(f"  pooled over tag {session.tag}: {noise.describe()}")
     return 0
 
 
@@ -119,10 +119,10 @@ def cmd_verify(args) -> int:
         raise UsageError(str(exc)) from None
     if args.seeds < 2:
         raise UsageError("--seeds must be 2 or more: the interval needs pairs")
-    with assemble.harness_session(target, "verify", args.tag, args.budget, args.device, args.workers) as session:
+    with assemble.harness_session(target, "verify", args.tag, args.budget, args.device, args.slots) as session:
         baseline = session.ledger.baseline(session.tag)
         if baseline is None:
-            raise UsageError("the research line has no baseline yet")
+            raise UsageError(f"tag {session.tag!r} has no baseline yet")
         candidate = target.git.resolve(args.commit) if args.commit else session.ledger.best(session.tag).commit
         if candidate is None:
             raise UsageError(f"no commit {args.commit!r} in {target.root}")
@@ -175,11 +175,11 @@ def _existing_tag(target: Target, tag: Optional[str]) -> Optional[str]:
 
     if not target.ledger_path.exists():
         if tag:
-            raise UsageError(f"no research line {tag!r}: this target has no ledger yet")
+            raise UsageError(f"no tag {tag!r}: this target has no ledger yet")
         return None
     ledger = Ledger(target.ledger_path)
     if tag and ledger.tag(tag) is None:
-        raise UsageError(f"no research line {tag!r} in {target.ledger_path}")
+        raise UsageError(f"no tag {tag!r} in {target.ledger_path}")
     return tag or ledger.latest_tag()
 
 
@@ -254,7 +254,7 @@ def cmd_suggest(args) -> int:
         waiting = len(ledger.pending_suggestions(tag or ""))
     finally:
         ledger.close()
-    line = f"research line {tag}" if tag else "the next research line"
+    line = f"tag {tag}" if tag else "whichever tag runs next"
     print(f"suggestion #{suggestion.id} queued for {line}: {text}")
     print("the next proposal considers it" if waiting == 1 else
           f"{waiting - 1} suggestion(s) are ahead of it: each proposal takes up the oldest one")
@@ -283,6 +283,12 @@ def cmd_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+
+
+def _slots_option(p: argparse.ArgumentParser, what: str) -> None:
+    """--slots N; --workers N is its old name, kept (hidden) so existing scripts go on working."""
+    p.add_argument("--slots", type=int, metavar="N", help=what)
+    p.add_argument("--workers", dest="slots", type=int, help=argparse.SUPPRESS)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -321,12 +327,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, metavar="N", help="stop once the agent has used this many tokens in this session")
     p.add_argument("--max-hours", type=float, metavar="H", help="stop after this many hours")
     p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget: 300s, 500steps, 2Mtok")
-    p.add_argument("--tag", help="research line; its branch is autoresearch/TAG (default: the latest, or today)")
+    p.add_argument("--tag", help="the name of this line of research: its branch is autoresearch/TAG, its experiments "
+                   "are numbered in it (default: the latest tag, or today's date for the first)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
-    p.add_argument("--workers", type=int, metavar="N", help="experiments in flight at once, one per slot, each in its "
-                   "own worktree (default: one per visible GPU, else 1; on the CPU, N slots share the cores)")
+    _slots_option(p, "experiments in flight at once, one per slot, each in its own worktree (default: one per visible "
+                  "GPU, else 1; on the CPU, N slots share the cores)")
     p.add_argument("--pipeline", action="store_true", default=None,
-                   help="propose the next experiments while the current ones train (always on with --workers > 1)")
+                   help="propose the next experiments while the current ones train (always on with --slots > 1)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="where runs happen: this machine (default) or a Ray cluster (pip install 'autoresearch[ray]')")
     p.add_argument("--address", metavar="ADDR", help="--executor ray: the cluster (host:port of `ray start --head`, "
@@ -336,53 +343,51 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", parents=[common], help="measure the metric's noise: rerun the best commit")
     p.add_argument("--seeds", type=int, default=5, metavar="K", help="more runs of the best commit (default: 5)")
     p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget (default: the target's)")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
-    p.add_argument("--workers", type=int, metavar="N", help="runs at once, one per slot (default: one per visible "
-                   "GPU, else 1)")
+    _slots_option(p, "runs at once, one per slot (default: one per visible GPU, else 1)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("verify", parents=[common],
                        help="does the gain hold? baseline vs best, side by side, on the test split, maybe scaled up")
-    p.add_argument("commit", nargs="?", help="the candidate (default: the research line's best)")
+    p.add_argument("commit", nargs="?", help="the candidate (default: the tag's best)")
     p.add_argument("--scale", action="append", metavar="NAME=+N",
                    help="change a constant of both sides first: depth=+2, seq_len=x2, batch_size=32")
     p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget (default: the target's)")
     p.add_argument("--seeds", type=int, default=3, metavar="K", help="paired seeds per side (default: 3)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="evaluation split (default: test)")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
-    p.add_argument("--workers", type=int, metavar="N", help="runs at once, one per slot (default: one per visible "
-                   "GPU, else 1)")
+    _slots_option(p, "runs at once, one per slot (default: one per visible GPU, else 1)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("status", parents=[common], help="the research at a glance")
     p.add_argument("--json", action="store_true", help="machine-readable")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("export", parents=[common], help="export results (results.tsv) or the kept chain (commits)")
     p.add_argument("--tsv", metavar="FILE", help="write karpathy/autoresearch's results.tsv format")
     p.add_argument("--patches", metavar="DIR", help="the kept chain as format-patch files, one per kept change")
     p.add_argument("--branch", metavar="NAME", help="the kept chain as a new branch, one commit per kept change")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", parents=[common], help="progress.png and a self-contained report.html")
     p.add_argument("--out", metavar="DIR", help="where to write them (default: .autoresearch/report/)")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", parents=[common], help="live dashboard in the browser")
     p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; others need --token)")
     p.add_argument("--token", help="required on every request (default: $AUTORESEARCH_TOKEN); needed off localhost")
-    p.add_argument("--tag", help="research line (default: the latest, followed as new ones start)")
+    p.add_argument("--tag", help="the tag to show (default: the latest, followed as new ones start)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("suggest", parents=[common], help="queue an idea for the next proposal to consider")
     p.add_argument("text", nargs="+", help="the idea, in words")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.set_defaults(func=cmd_suggest)
 
     for command, what in (("pause", "hold a running session before its next proposal"),

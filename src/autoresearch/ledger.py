@@ -435,7 +435,7 @@ class Ledger:
                           slot=slot, proposed_on=proposed_on, origin=origin)
 
     def slot_activity(self, tag: str) -> list[dict]:
-        """Per slot, over the research line's sessions: runs, busy seconds (wall time of its runs), the span from
+        """Per slot, over the tag's sessions: runs, busy seconds (wall time of its runs), the span from
         its first run's start to its last run's end, and what runs there now (an experiment left running)."""
         rows = self.db.execute(
             "SELECT r.slot, COUNT(*), SUM(r.seconds), MIN(r.started_at), MAX(r.finished_at) FROM runs r "

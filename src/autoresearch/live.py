@@ -116,7 +116,7 @@ def render(snap: dict) -> RenderableType:
                       Text("left by a stopped harness" if slot["stale"] else "", style="yellow"))
     if snap["slots"]:
         lines.append(table)
-    title = f"autoresearch · {s['target']} · line {s['tag']} · {name} ({goal})"
+    title = f"autoresearch · {s['target']} · tag {s['tag']} · {name} ({goal})"
     return Panel(Group(*lines), title=title, title_align="left", border_style="blue")
 
 

@@ -1,4 +1,4 @@
-"""The one read model: a research line as every view shows it, read from the ledger's typed readers and the run
+"""The one read model: a tag's research as every view shows it, read from the ledger's typed readers and the run
 directories; nothing here writes.
 
 `status` is the line read once: `autoresearch status` prints it (as text, status.py, or JSON), and the live
@@ -42,7 +42,7 @@ def open_ledger(target: Target) -> Optional[Ledger]:
     return Ledger(target.ledger_path) if target.ledger_path.exists() else None
 
 
-# ---------------------------------------------------------------------------- the research line
+# ---------------------------------------------------------------------------- a tag
 
 
 def experiment_dict(e: Experiment) -> dict:
@@ -59,7 +59,7 @@ def experiment_dict(e: Experiment) -> dict:
 
 
 def status(ledger: Ledger, tag: str, target: Target, experiments: Optional[list[Experiment]] = None) -> dict:
-    """Everything known about research line `tag`: its experiments, the kept chain, counts, the improvement, agent
+    """Everything known about `tag`: its experiments, the kept chain, counts, the improvement, agent
     spend, flags, noise model, verifications (and the held-out figures they give), constraints, suggestions,
     sessions, slots."""
     config = target.config
@@ -78,9 +78,9 @@ def status(ledger: Ledger, tag: str, target: Target, experiments: Optional[list[
         entry["test"] = held_out.get(e.index)
         entries.append(entry)
     improvement = _improvement(baseline, best, config)
-    line = ledger.tag(tag)
+    row = ledger.tag(tag)
     return {
-        "tag": tag, "branch": line["branch"], "base_commit": line["base_commit"], "target": config.target.name,
+        "tag": tag, "branch": row["branch"], "base_commit": row["base_commit"], "target": config.target.name,
         "metric": {"name": config.metric.name, "goal": config.metric.goal},
         "best": experiment_dict(best) if best else None,
         "baseline": experiment_dict(baseline) if baseline else None,
@@ -108,28 +108,28 @@ def status(ledger: Ledger, tag: str, target: Target, experiments: Optional[list[
     }
 
 
-def summary(line: dict) -> dict:
+def summary(status: dict) -> dict:
     """The line at a glance (the dashboard's header, the live panel, the report's cards): `status` less the
     experiments, with the latest noise model and the agent's total spend."""
     def brief(e: Optional[dict]) -> Optional[dict]:
         return {key: e[key] for key in ("id", "metric", "commit", "description")} if e else None
 
-    spend = line["agent_cost"]
+    spend = status["agent_cost"]
     cost = None
     if spend["proposals"]:
         cost = {key: spend[key] for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")}
         if spend["cost_usd"] is not None:
             cost["usd"] = spend["cost_usd"]
-    noise = line["noise"][-1] if line["noise"] else None
+    noise = status["noise"][-1] if status["noise"] else None
     return {
-        **{key: line[key] for key in ("tag", "branch", "base_commit", "target", "metric", "improvement",
+        **{key: status[key] for key in ("tag", "branch", "base_commit", "target", "metric", "improvement",
                                       "relative_improvement", "counts", "kept_chain", "seconds", "session",
                                       "suggestions")},
-        "baseline": brief(line["baseline"]), "best": brief(line["best"]), "experiments": len(line["experiments"]),
-        "cost": cost, "flags": len(line["flags"]),
+        "baseline": brief(status["baseline"]), "best": brief(status["best"]), "experiments": len(status["experiments"]),
+        "cost": cost, "flags": len(status["flags"]),
         "noise": {key: value for key, value in noise.items() if key not in ("id", "created_at") and value is not None}
         if noise else None,
-        "constraints": [c["text"] for c in line["constraints"]],
+        "constraints": [c["text"] for c in status["constraints"]],
     }
 
 
@@ -142,15 +142,15 @@ def seed_stats(experiment: Experiment) -> tuple[Optional[float], Optional[float]
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
 
 
-def rows(experiments: list[Experiment], config: Config, line: Optional[dict] = None, diffs: bool = False) -> list[dict]:
+def rows(experiments: list[Experiment], config: Config, status: Optional[dict] = None, diffs: bool = False) -> list[dict]:
     """Every experiment as a dict for views: status's fields, seed statistics and the effect over its parent, and
     (given the line's `status`) its agent cost, flags and held-out figures.
 
     `effect` is positive when the experiment is better than its parent (whatever the metric's goal);
     `effect_se` is its standard error where both have several seeds."""
     chain = {e.commit: e for e in experiments if e.state in (State.BASELINE, State.KEPT) and e.commit}
-    entries = {entry["id"]: entry for entry in (line or {}).get("experiments", [])}
-    flags = (line or {}).get("flags", [])
+    entries = {entry["id"]: entry for entry in (status or {}).get("experiments", [])}
+    flags = (status or {}).get("flags", [])
     out = []
     for e in experiments:
         row = experiment_dict(e)

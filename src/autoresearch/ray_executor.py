@@ -1,9 +1,9 @@
 """`--executor ray`: each run is a Ray task on a Ray cluster; the code is shipped from the coordinator's git.
 
-    autoresearch run --workers 8 --executor ray --address HEAD_IP:6379
+    autoresearch run --slots 8 --executor ray --address HEAD_IP:6379
 
 A slot is a task's resources: one GPU (`num_gpus=1`) where the cluster has GPUs, else a share of its CPUs; as many
-runs are in flight as there are slots (several at once from a new line's calibration, a verification or the held-out
+runs are in flight as there are slots (several at once from a new tag's calibration, a verification or the held-out
 test: slots.py), each waiting on its task in its own thread. A run's
 task gets the experiment's commit as a `git archive` of the coordinator's repository (committed again in a scratch
 repository on the worker: blob hashes, which the integrity checks compare, are the same) and the prepared data
@@ -45,7 +45,7 @@ class RayUnavailable(Exception):
 class RayExecutor(Executor):
     name = "ray"
 
-    def __init__(self, device: str = "auto", workers: Optional[int] = None, address: Optional[str] = None,
+    def __init__(self, device: str = "auto", slots: Optional[int] = None, address: Optional[str] = None,
                  init_options: Optional[dict] = None):
         try:
             import ray
@@ -61,10 +61,10 @@ class RayExecutor(Executor):
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
         if gpus and device in ("auto", "cuda"):
-            count = workers or gpus
+            count = slots or gpus
             self._slots = [Slot(f"ray-gpu{i}", "cuda", max(1, cpus // count)) for i in range(count)]
         else:
-            count = workers or 1
+            count = slots or 1
             self._slots = [Slot(f"ray-cpu{i}", device, max(1, cpus // count)) for i in range(count)]
         self.gpus = bool(gpus and device in ("auto", "cuda"))
         self._task = ray.remote(_remote_run)

@@ -34,13 +34,13 @@ def build(target: Target, ledger: Ledger, tag: str, out: Path) -> tuple[Path, Pa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     experiments = ledger.experiments(tag)
-    line = observe.status(ledger, tag, target, experiments)
-    summary = observe.summary(line)
-    rows = observe.rows(experiments, target.config, line, diffs=True)
+    status = observe.status(ledger, tag, target, experiments)
+    summary = observe.summary(status)
+    rows = observe.rows(experiments, target.config, status, diffs=True)
     png = progress_png(rows, summary)
     png_path, html_path = out / "progress.png", out / "report.html"
     png_path.write_bytes(png)
-    html_path.write_text(report_html(rows, summary, line, png))
+    html_path.write_text(report_html(rows, summary, status, png))
     return png_path, html_path
 
 
@@ -177,8 +177,8 @@ def _table(headers: list[str], body: list[list[tuple[str, object]]], css: str = 
     return f'<table class="sortable {css}"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>'
 
 
-def report_html(rows: list[dict], summary: dict, line: dict, png: bytes) -> str:
-    """The page: `rows` and `summary` of the line's `status` (observe.py), the plot as PNG bytes."""
+def report_html(rows: list[dict], summary: dict, status: dict, png: bytes) -> str:
+    """The page: `rows` and `summary` of the tag's `status` (observe.py), the plot as PNG bytes."""
     name = summary["metric"]["name"]
     by_id = {r["id"]: r for r in rows}
     baseline, best = summary["baseline"], summary["best"]
@@ -250,7 +250,7 @@ def report_html(rows: list[dict], summary: dict, line: dict, png: bytes) -> str:
                      for r in tested]
         sections.append("<section><h2>Validation and test split</h2>"
                         + _table(["#", "description", "validation", "test"], test_rows) + "</section>")
-    if line["verifications"]:
+    if status["verifications"]:
         def side(v, role):
             side = v["sides"][role]
             return (f"#{side['id']} " if side["id"] is not None else "") + _pm(side["mean"], side["sd"], side["n"])
@@ -269,16 +269,16 @@ def report_html(rows: list[dict], summary: dict, line: dict, png: bytes) -> str:
               (_e(v["settings"].get("budget", "")), None), (_e(", ".join(v["settings"].get("scale") or [])), None),
               (side(v, "baseline"), None), (side(v, "candidate"), None),
               (effect(v), ((v["summary"] or {}).get("effect") or {}).get("effect"))]
-             for v in line["verifications"]]) + "</section>")
+             for v in status["verifications"]]) + "</section>")
     if summary["noise"]:
         sections.append("<section><h2>Noise model</h2>" + _table(
             ["key", "value"], [[(_e(k), k), (_e(_num(v) if isinstance(v, float) else v), None)]
                                for k, v in summary["noise"].items()]) + "</section>")
-    if line["flags"]:
+    if status["flags"]:
         sections.append("<section><h2>Flags</h2>" + _table(
             ["#", "kind", "message"], [[(f'<a href="#diff-{f["index"]}">#{f["index"]}</a>', f["index"]),
                                        (_e(f["kind"]), f["kind"]), (_e(f["message"]), f["message"])]
-                                      for f in line["flags"]]) + "</section>")
+                                      for f in status["flags"]]) + "</section>")
     if cost:
         sections.append("<section><h2>Cost</h2>" + _table(
             ["", "total"], [[(_e(k), k), (f"{v:,.4g}", v)] for k, v in cost.items()]) + "</section>")
@@ -293,7 +293,7 @@ def report_html(rows: list[dict], summary: dict, line: dict, png: bytes) -> str:
                      f'<small>+{r["lines_added"]} −{r["lines_removed"]}</small></summary>'
                      f'<pre class="diff">{_diff_html(r["diff"])}</pre></details>')
     sections.append("<section><h2>Every diff</h2>" + ("".join(diffs) or "<p>none yet</p>") + "</section>")
-    sessions = line["sessions"]
+    sessions = status["sessions"]
     if sessions:
         session_rows = [[(str(s["id"]), s["id"]), (_e(s["agent"]), s["agent"]), (_e(s["budget"]), s["budget"]),
                          (_e(time.strftime("%Y-%m-%d %H:%M", time.localtime(s["started_at"]))), s["started_at"]),
@@ -307,7 +307,7 @@ def report_html(rows: list[dict], summary: dict, line: dict, png: bytes) -> str:
 <title>autoresearch report: {_e(summary['target'])} · {_e(summary['tag'])}</title>
 <link rel="icon" href="data:,">
 <style>{_CSS}</style></head>
-<body><header><h1>autoresearch report: {_e(summary['target'])} · line {_e(summary['tag'])}</h1>
+<body><header><h1>autoresearch report: {_e(summary['target'])} · tag {_e(summary['tag'])}</h1>
 <p>{_e(name)} ({_e(summary['metric']['goal'])}) · branch <code>{_e(summary['branch'])}</code> from
 <code>{_e(summary['base_commit'][:9])}</code> · generated {generated}</p></header>
 <div class="cards">{card_html}</div>

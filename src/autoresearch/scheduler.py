@@ -8,7 +8,7 @@ One slot without `--pipeline` is the reference loop: the agent proposes when the
 moment, and the next proposal waits for the decision. With several slots (or `--pipeline`) the agent proposes while
 they train, up to one proposal more than there are slots.
 
-A new line's baseline, whose calibration runs are all needed before anything is judged, and the held-out test at
+A new tag's baseline, whose calibration runs are all needed before anything is judged, and the held-out test at
 the end run at once on every slot (slots.py); so do an experiment's extra runs (a re-calibration, the confirmation
 of an implausible jump) on the slots that are free.
 

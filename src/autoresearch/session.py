@@ -1,9 +1,9 @@
-"""A session on a research line: opening it (the target's lock, recovery), and what one experiment is made of:
+"""A session on a tag: opening it (the target's lock, recovery), and what one experiment is made of:
 recording it, its runs, the judge's decision, keeping or discarding it; the noise statistics. The loop that drives
 experiments over the slots is scheduler.py.
 
-A research line is a tag; its branch `autoresearch/<tag>` always points at the best commit the
-ledger knows. Each `autoresearch run` is a session on a tag. The ledger is written before git is
+A tag names a line of research; its branch `autoresearch/<tag>` always points at the best commit
+the ledger knows. Each `autoresearch run` is a session on a tag. The ledger is written before git is
 moved, and a session starts by making git agree with the ledger, so a harness killed at any
 moment (SIGKILL included) resumes with nothing lost and nothing counted twice.
 """
@@ -48,7 +48,7 @@ class Session:
     budget: Budget
     say: Callable[[str], None] = print
     session_id: Optional[int] = None
-    protected: Optional[dict] = None  # {path: blob} of the protected files at the research line's base
+    protected: Optional[dict] = None  # {path: blob} of the protected files at the tag's base commit
     lock: Optional[IO] = None  # held while the session lives; the OS releases it if the process dies
     limits: LimitsSection = LimitsSection()  # agent spend and wall-clock caps of this session
     refs: Optional[integrity.RefGuard] = None  # every ref update of the harness, so runs can be checked against it
@@ -107,7 +107,7 @@ class Session:
                                "so commit or stash them first")
         self.ledger.create_tag(self.tag, self.branch, base)  # the ledger first: _recover makes the branch
         git.update_ref(f"refs/heads/{self.branch}", base)
-        self.say(f"new research line {self.tag!r}: branch {self.branch} from {base[:9]}")
+        self.say(f"new tag {self.tag!r}: branch {self.branch} from {base[:9]}")
 
     def _recover(self) -> None:
         """Make the ledger and git agree after any stop, clean or not."""
@@ -147,7 +147,7 @@ class Session:
             self.lock.close()
 
     def run_baseline(self, worktree: Git, slot: Slot) -> Experiment:
-        """The research line's base commit, run and judged: its baseline (calibrating the noise)."""
+        """The tag's base commit, run and judged: its baseline (calibrating the noise)."""
         commit = self.ledger.tag(self.tag)["base_commit"]
         worktree.reset_to(commit)
         experiment = self.ledger.add_experiment(

@@ -1,5 +1,5 @@
 """A session's slots, each with its worktree (`.autoresearch/worktrees/<slot>`), lent one at a time: to an experiment
-for its whole life, or to single runs (a new line's calibration of the baseline, a re-calibration, a verification,
+for its whole life, or to single runs (a new tag's calibration of the baseline, a re-calibration, a verification,
 the held-out test) so that whatever needs several runs uses every slot that is free, not only the first.
 
     with session.slots.take() as (worktree, slot):            # one slot, waiting for one to be free

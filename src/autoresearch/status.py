@@ -9,7 +9,7 @@ from .costs import dollars
 def render(status: dict) -> str:
     """The status as plain text for a terminal."""
     name = status["metric"]["name"]
-    lines = [f"research line {status['tag']} (branch {status['branch']}), {name} ({status['metric']['goal']})"]
+    lines = [f"tag {status['tag']} (branch {status['branch']}), {name} ({status['metric']['goal']})"]
     baseline, best = status["baseline"], status["best"]
     if baseline is None:
         lines.append("no baseline yet: `autoresearch run` starts with it")

@@ -35,7 +35,7 @@ class Context:
     files: dict[str, str]  # the editable files as they are at the parent commit
     parent: Experiment  # the current best: the proposal is applied on top of its commit
     baseline: Experiment
-    history: tuple[Experiment, ...]  # every experiment of this research line, oldest first
+    history: tuple[Experiment, ...]  # every experiment of this tag, oldest first
     suggestions: tuple[Suggestion, ...] = ()  # what the human asked this proposal to consider (`autoresearch suggest`)
     pending: tuple["Proposal", ...] = ()  # proposals made but not yet recorded (several slots): propose others
 

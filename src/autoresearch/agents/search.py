@@ -1,6 +1,6 @@
 """The search agent: offline numeric search over the target's declared knobs, no LLM.
 
-Optuna's TPE sampler proposes values; it is told every finished experiment of the research line
+Optuna's TPE sampler proposes values; it is told every finished experiment of the tag
 from the ledger (whoever proposed it, using the knob values the harness read from its files), so
 a resumed session continues where it left off. Values are written into the editable file through
 the parser (`autoresearch.knobs`).
