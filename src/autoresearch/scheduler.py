@@ -377,7 +377,7 @@ class Scheduler:
         commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {session.tag}: proposed by {agent}{note}")
         experiment = self._settle(item, lambda: session.record(
             parent, proposal, State.RUNNING, usage, commit=commit, diff=diff, lines_added=added, lines_removed=removed,
-            knobs=session.knob_values(worktree.root), **where))
+            knobs=session.knobs_at(worktree.root), **where))
         if where["proposed_on"] and not origin:
             session.say(f"#{experiment.index} was proposed on #{item.base.index}; rebased onto the best #{parent.index}")
         return experiment
@@ -411,13 +411,13 @@ class Scheduler:
     def _set_knobs(self, worktree: Git, values: dict) -> bool:
         """Set the knobs to `values` in the worktree's files (the search's proposals are points, not edits)."""
         config = self.session.target.config
-        declared = {knob.name: knob.file for knob in config.knobs}
+        declared = {knob.name: knob for knob in config.knobs}
         if not set(values) <= set(declared):
             return False
         for name, value in values.items():
-            path = worktree.root / declared[name]
+            path = worktree.root / declared[name].file
             try:
-                path.write_text(knobs.set_value(path.read_text(), name, value))
+                path.write_text(knobs.put(declared[name], path.read_text(), value))
             except (OSError, SyntaxError, knobs.KnobError):
                 worktree.reset_to(worktree.head())
                 return False

@@ -152,13 +152,20 @@ class Session:
         worktree.reset_to(commit)
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=None, commit=commit,
-            description="baseline", agent="harness", knobs=self.knob_values(worktree.root), slot=slot.name)
+            description="baseline", agent="harness", knobs=self.knobs_at(worktree.root), slot=slot.name)
         self.update_ref(self.experiment_ref(experiment), commit)
         runs = judge.runs_wanted(self.target.config, baseline=True)
         self.say(f"#{experiment.index} baseline {commit[:9]} ({self.budget}, {runs} run{'s' * (runs > 1)}: "
                  f"{'calibrating the noise' if self.target.config.judge.rule == 'statistical' else 'fixed seeds'})")
         decision, runs = self.judged(experiment, worktree, slot, None)
-        return self.finish(experiment, decision, runs, None)
+        baseline = self.finish(experiment, decision, runs, None)
+        if baseline.state is State.BASELINE and judge.seed_ignored(baseline.metrics):
+            from .check import seed_ignored_message
+
+            message = seed_ignored_message(baseline.metric, len(baseline.metrics), self.target.config.metric.name)
+            self.ledger.add_flag(baseline.id, Flag("seed", message))
+            self.say(f"warning: {message}")
+        return baseline
 
     def record(self, parent: Experiment, proposal: Proposal, state: State, usage=None, *, commit: Optional[str] = None,
                agent: Optional[str] = None, **fields) -> Experiment:
@@ -190,8 +197,11 @@ class Session:
         decision = None
         try:
             while decision is None or decision.state is None:  # the judge always decides by its last run
-                # a baseline needs all its runs (the noise is calibrated on them): at once, on every free slot
+                # a baseline needs all its runs (the noise is calibrated on them): at once, on every free slot; its
+                # first ones (one per slot, at least two) tell whether the seed matters at all (judge.seed_ignored)
                 count = judge.runs_wanted(config, baseline=True) - len(runs) if best is None else 1
+                if best is None and not runs:
+                    count = min(count, max(2, len(self.slots)))
                 runs += self.slots.map([self.job(experiment.commit, judge.seed(config, len(runs) + i),
                                                  experiment=experiment) for i in range(max(1, count))],
                                        held=(worktree, slot))
@@ -406,13 +416,11 @@ class Session:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content)
 
-    def knob_values(self, root: Path) -> dict:
-        values = {}
-        for knob in self.target.config.knobs:
-            path = root / knob.file
-            if path.exists():
-                values.update(knob_values.read_all(path.read_text(errors="replace"), [knob.name]))
-        return values
+    def knobs_at(self, root: Path) -> dict:
+        """The knobs' values in the files under `root` (a worktree)."""
+        knobs = self.target.config.knobs
+        files = {k.file: (root / k.file).read_text(errors="replace") for k in knobs if (root / k.file).is_file()}
+        return knob_values.current(knobs, files)
 
     def _timeout(self, budget: Optional[Budget] = None) -> float:
         budget = budget or self.budget
