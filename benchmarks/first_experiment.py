@@ -15,6 +15,7 @@ row (it is recorded when the experiment starts running), and the baseline's own 
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -25,16 +26,20 @@ from pathlib import Path
 from utilisation import make_timed_target
 
 JUDGE = 'rule = "statistical"\ncalibrate_seeds = {seeds}\nmax_runs = 2'
+NOISE = 'print(f"score: {0.01 * int(os.environ.get(\'AUTORESEARCH_SEED\', \'0\')) + '
 
 
 def measure(root: Path, slots: int, args) -> dict:
     target = make_timed_target(root, args.budget, args.startup, args.evaluation)
     config = target.root / "autoresearch.toml"
     config.write_text(config.read_text().replace('rule = "plain"', JUDGE.format(seeds=args.seeds)))
+    evaluate = target.root / "evaluate.py"  # a metric that moves with the seed, so the whole calibration runs
+    evaluate.write_text(evaluate.read_text().replace('print(f"score: {', NOISE))
     subprocess.run(["git", "-C", str(root), "commit", "-qam", "a statistical judge"], check=True)
+    env = {**os.environ, **({"PYTHONPATH": args.pythonpath} if args.pythonpath else {})}
     done = subprocess.run([sys.executable, "-m", "autoresearch.cli", "run", "-C", str(root), "--tag", "t", "--agent",
                            "search", "--experiments", "1", "--device", "cpu", args.slots_flag, str(slots)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"autoresearch run failed:\n{done.stdout}\n{done.stderr}")
     db = sqlite3.connect(root / ".autoresearch" / "ledger.sqlite")
@@ -56,10 +61,12 @@ def main() -> None:
     parser.add_argument("--startup", type=float, default=0.5, help="seconds before training starts")
     parser.add_argument("--evaluation", type=float, default=0.5, help="seconds the evaluator takes")
     parser.add_argument("--slots-flag", default="--slots", help="--workers measures a version from before the rename")
+    parser.add_argument("--pythonpath", help="the sessions run the autoresearch found here (another version's src/)")
     args = parser.parse_args()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"] * 3
     print(f"timed target | budget {args.budget}, startup {args.startup:g}s, evaluation {args.evaluation:g}s | "
-          f"baseline calibrated on {args.seeds} runs | load average before: {' '.join(load)}")
+          f"baseline calibrated on {args.seeds} runs | autoresearch from {args.pythonpath or 'this installation'} | "
+          f"load average before: {' '.join(load)}")
     results: dict[int, list[dict]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
         for pair in range(args.pairs):
