@@ -34,7 +34,7 @@ CHARS_PER_TOKEN = 3.5
 
 
 def history(n: int) -> tuple[Experiment, ...]:
-    """A plausible research line: hypotheses of ~80 characters, diffs of ~12 lines, some crashes with logs."""
+    """A plausible tag's history: hypotheses of ~80 characters, diffs of ~12 lines, some crashes with logs."""
     out = [Experiment(id=1, tag="t", index=0, state=State.BASELINE, parent=None, commit="c0", description="baseline",
                       agent="harness", metric=2.40)]
     best = out[0]

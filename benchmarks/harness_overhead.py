@@ -17,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoresearch import agents
+from autoresearch import assemble, scheduler
 from autoresearch.budget import Budget
 from autoresearch.executor import LocalExecutor
-from autoresearch.session import Session
 from autoresearch.target import Target
 
 TRAIN = """import os
@@ -77,13 +76,13 @@ def measure(agent_name: str, options: dict, experiments: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         target = make_target(Path(tmp) / "toy")
         executor = TimedExecutor()
-        session = Session.open(target, agents.create(agent_name, **options), agent_name, executor,
-                               tag="bench", budget=Budget.parse("10steps"), say=lambda line: None)
-        session.run(0)  # the baseline, outside the measurement
-        executor.job_seconds = 0.0
-        start = time.perf_counter()
-        session.run(experiments)
-        wall = time.perf_counter() - start
+        with assemble.opened(target, assemble.agent(target, agent_name, options), agent_name, executor, tag="bench",
+                             budget=Budget.parse("10steps"), say=lambda line: None) as session:
+            scheduler.run(session, 0)  # the baseline, outside the measurement
+            executor.job_seconds = 0.0
+            start = time.perf_counter()
+            scheduler.run(session, experiments)
+            wall = time.perf_counter() - start
         overhead = (wall - executor.job_seconds) / experiments
         return {"agent": agent_name, "experiments": experiments, "wall_s": round(wall, 3),
                 "in_commands_s": round(executor.job_seconds, 3),

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from autoresearch import target as target_module
-from autoresearch.cli import prepare
 from autoresearch.runner import MALLOC_TUNING
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templates" / "gpt"
@@ -18,7 +17,7 @@ TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "autoresearch" / "templ
 def prepared_target(directory: Path, data: str) -> target_module.Target:
     """`autoresearch init DIRECTORY` then `autoresearch prepare --data DATA`; exits when preparing fails."""
     target = target_module.Target.open(target_module.init(directory))
-    if prepare(target, data) != 0:
+    if target_module.prepare(target, data) != 0:
         sys.exit(f"preparing --data {data} failed")
     return target
 

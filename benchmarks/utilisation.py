@@ -7,7 +7,7 @@
 take fixed times (python's own start, then `--startup` seconds; training sleeps for the budget; the evaluator
 takes `--evaluation` seconds), so that what is measured is the loop, not a machine shared with other jobs.
 
-For each configuration a new research line: its baseline, then `--experiments` experiments proposed by the
+For each configuration a new tag: its baseline, then `--experiments` experiments proposed by the
 offline search, each proposal delayed by the agent latency (a stand-in for an LLM call). Measured from the end of
 the baseline to the end of the last experiment:
 
@@ -26,18 +26,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from autoresearch import agents
+from autoresearch import agents, assemble, scheduler
 from autoresearch.agents import Agent
 from autoresearch.budget import Budget
-from autoresearch.executor import LocalExecutor
 from autoresearch.records import RunState, State
-from autoresearch.session import Session
-from autoresearch.target import Target, init
+from autoresearch.target import Target, init, prepare
 
 
 class SlowSearch(Agent):
@@ -121,24 +118,19 @@ def make_target(root: Path, budget: str) -> Target:
                       .replace("final_test_seeds = 3", "final_test_seeds = 0")
                       .replace('default = "60s"', f'default = "{budget}"\ntimeout = 900'))  # a loaded machine
     subprocess.run(["git", "-C", str(root), "commit", "-qam", "benchmark: plain judge"], check=True)
-    code = subprocess.call([sys.executable, "-m", "autoresearch.cli", "prepare", "-C", str(root), "--data", "stdlib"],
-                           stdout=subprocess.DEVNULL)
-    if code:
+    target = Target.open(root)
+    if prepare(target, "stdlib"):
         raise SystemExit("prepare failed")
-    return Target.open(root)
+    return target
 
 
 def measure(target: Target, tag: str, slots: int, pipeline: bool, latency: float, experiments: int,
             budget: Budget) -> dict:
-    executor = LocalExecutor("cpu", slots if slots > 1 else None)
-    session = Session.open(target, SlowSearch(latency), "search", executor, tag=tag, budget=budget,
-                           say=lambda text: None)
-    try:
-        session.run(experiments, final_test=False, pipeline=pipeline)
+    executor = assemble.executor("local", "cpu", slots if slots > 1 else None)
+    with assemble.opened(target, SlowSearch(latency), "search", executor, tag=tag, budget=budget,
+                         say=lambda text: None) as session:
+        scheduler.run(session, experiments, final_test=False, pipeline=pipeline)
         done = session.ledger.experiments(tag)
-    finally:
-        session.close()
-        executor.close()
     baseline, rest = done[0], [e for e in done[1:] if e.state is not State.INTERRUPTED]
     start, end = baseline.finished_at, max(e.finished_at for e in rest)
     runs = [r for e in rest for r in e.runs if r.state is RunState.OK]

@@ -1,4 +1,4 @@
-"""A toy research line holding every experiment state, made by the real loop, for the views' tests.
+"""A toy tag holding every experiment state, made by the real loop, for the views' tests.
 
 The toy (toy.py) here runs three seeds, and its score moves a little with the seed, so that the
 views have a spread to show: seed 0, 1, 2 add -0.03, -0.01, +0.01. Experiments, in order:

@@ -104,7 +104,7 @@ def test_dashboard_loads_without_errors_and_shows_chart_and_table(page, server, 
     assert page.locator("#chart svg .dot").count() == 9
     assert page.locator("#chart svg .best-line").count() == 1
     assert page.locator("#chart svg .dot.s-kept").count() == 2
-    assert page.locator("#title").inner_text() == "autoresearch · toy · line t"
+    assert page.locator("#title").inner_text() == "autoresearch · toy · tag t"
     assert "ended" in page.locator("#session").inner_text()
     assert page.locator("#cards").inner_text().count("\n") > 5
     assert page.locator("#slots").inner_text().strip().startswith("cpu0")

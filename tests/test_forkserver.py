@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import forkserver
+from autoresearch import forkserver, scheduler
 from autoresearch.agents import Agent, Proposal
 from autoresearch.budget import Budget
 from autoresearch.executor import Job, LocalExecutor
@@ -255,7 +255,7 @@ def test_a_pipelined_session_keeps_the_baselines_servers(toy, tmp_path):
     session = Session.open(target, Commenting(), "commenting", executor, tag="t", budget=Budget.parse("1s"),
                            say=lambda text: None)
     try:
-        session.run(2, final_test=False, pipeline=True)
+        scheduler.run(session, 2, final_test=False, pipeline=True)
         done = session.ledger.experiments("t")
     finally:
         session.close()

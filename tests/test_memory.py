@@ -11,7 +11,7 @@ BUDGET = 24000
 
 
 def ledger_of(n: int, seed: int = 0) -> list[Experiment]:
-    """A synthetic research line: a baseline and n experiments, with long diffs, logs and hypotheses."""
+    """A synthetic tag: a baseline and n experiments, with long diffs, logs and hypotheses."""
     rng = random.Random(seed)
     history = [Experiment(id=1, tag="t", index=0, state=State.BASELINE, parent=None, commit="c0",
                           description="baseline", agent="harness", metric=3.0)]

@@ -1,6 +1,6 @@
 """The built-in programs: `init --program NAME` end to end on the real GPT target, on the CPU.
 
-Each program gets a research line with a scripted agent: a real change the judge keeps, and the
+Each program gets a tag with a scripted agent: a real change the judge keeps, and the
 attack the program must survive. The test targets are the templates with a tiny model, a small
 evaluation, one CPU thread (two threads are ten times slower on a busy 2-core machine) and a
 quick judge, committed as the target's base; data is `stdlib` and `pydocs` (no download).

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.records import RunState, State
-from test_workers import assert_consistent, knobs
+from test_workers import assert_consistent, knobs, overlapped
 from toy import TAG, alive, build_toy, run_cli, wait_for
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'autoresearch[ray]')")
@@ -59,7 +59,7 @@ def test_a_cluster_started_with_ray_start_is_used_through_address(tmp_path):
         toy = build_toy(tmp_path, sleep=0.2)
         script = toy.scripted([knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8)])
         done = subprocess.run(cli_command("run", "-C", toy.root, "--tag", TAG, "--executor", "ray", "--address",
-                                          f"127.0.0.1:{port}", "--workers", "2", *script),
+                                          f"127.0.0.1:{port}", "--slots", "2", *script),
                               capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "head.log").read_text()
         assert "2 slots (ray)" in done.stdout
@@ -104,7 +104,7 @@ def cluster(tmp_path_factory):
 
 def test_the_loop_runs_its_runs_as_ray_tasks(cluster, tmp_path):
     toy = build_toy(tmp_path, sleep=0.5)
-    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--workers", "2", "--executor", "ray",
+    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--slots", "2", "--executor", "ray",
                      *toy.scripted([knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8), knobs("LR 0.5", LR=0.5)]))
     assert result.code == 0, result.text
     assert "2 slots (ray)" in result.out
@@ -119,6 +119,17 @@ def test_the_loop_runs_its_runs_as_ray_tasks(cluster, tmp_path):
     assert ray.is_initialized()  # a cluster autoresearch did not start is left running
 
 
+def test_a_new_lines_calibration_runs_as_ray_tasks_at_once(cluster, tmp_path):
+    from toy import CONFIG
+
+    toy = build_toy(tmp_path, sleep=1.0, config=CONFIG + "\n[run]\nseeds = [0, 1]\n")
+    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--slots", "2", "--executor", "ray", "--experiments", "0")
+    assert result.code == 0, result.text
+    (baseline,) = toy.experiments()
+    assert baseline.state is State.BASELINE and {r.slot for r in baseline.runs} == {"ray-cpu0", "ray-cpu1"}
+    assert overlapped(baseline.runs)  # two tasks in flight at once
+
+
 def test_the_trusted_evaluator_runs_on_the_worker_and_rules_hold(cluster, tmp_path):
     from toy import build_guarded
 
@@ -126,7 +137,7 @@ def test_the_trusted_evaluator_runs_on_the_worker_and_rules_hold(cluster, tmp_pa
     cheat = {"description": "rewrite the evaluator while training", "replace": [{
         "file": "train.py", "old": 'print("loss: 1.0")', "new": 'open("evaluate.py", "a").write("score = 0\\n")'}]}
     protected = {"description": "edit the evaluator", "write": {"evaluate.py": "print('score: 0')\n"}}
-    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--executor", "ray", "--workers", "1", "--pipeline",
+    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--executor", "ray", "--slots", "1", "--pipeline",
                      *toy.scripted([cheat, protected]))
     assert result.code == 0, result.text
     baseline, rewrote, edited = toy.experiments()
@@ -154,7 +165,7 @@ def test_a_run_whose_ray_worker_dies_is_submitted_again(cluster, tmp_path):
 
     killer = threading.Thread(target=kill_the_worker, daemon=True)
     killer.start()
-    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--executor", "ray", "--workers", "1", "--pipeline",
+    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--executor", "ray", "--slots", "1", "--pipeline",
                      *toy.scripted([knobs("LR 2", LR=2.0)]))
     killer.join(timeout=5)
     assert result.code == 0, result.text

@@ -1,4 +1,4 @@
-"""`autoresearch report` and `export --branch/--patches` on a research line holding every experiment state."""
+"""`autoresearch report` and `export --branch/--patches` on a tag holding every experiment state."""
 
 import re
 import shutil
@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from autoresearch.costs import Usage
 from autoresearch.ledger import Ledger
 from autoresearch.records import RunRecord, RunState
 from researched import STATES, build_researched
@@ -133,8 +134,8 @@ def test_report_shows_cost_and_test_split_when_the_ledger_has_them(researched, t
     shutil.copytree(researched.root, root)
     ledger = Ledger(root / ".autoresearch" / "ledger.sqlite")
     try:
-        ledger.db.execute("ALTER TABLE experiments ADD COLUMN cost_usd REAL")  # what agent cost columns may look like
-        ledger.db.execute("UPDATE experiments SET cost_usd = 0.25 WHERE idx > 0")
+        for experiment in ledger.experiments(TAG)[1:]:  # what a paying agent records: $0.25 per proposal
+            ledger.add_agent_cost(experiment.id, None, "scripted", Usage("m", 1000, 100, requests=1, cost_usd=0.25))
         baseline, best = ledger.baseline(TAG), ledger.best(TAG)
         verification = ledger.start_verification(TAG, "heldout", {"seeds": [0, 1], "split": "test", "budget": "1s",
                                                                   "scale": []}, baseline.commit, best.commit)

@@ -28,12 +28,17 @@ def status(cli, toy):
 # ---------------------------------------------------------------- suggestions
 
 
-def test_a_suggestion_reaches_the_next_proposal_and_is_recorded_with_its_outcome(toy, cli):
-    assert run(cli, toy, [], "--experiments", "0").code == 0  # a research line with its baseline
+# one slot (the reference loop), two slots, one slot pipelined: the same steering
+SLOTS = pytest.mark.parametrize("slots", [[], ["--slots", "2"], ["--pipeline"]], ids=["1slot", "2slots", "pipeline"])
+
+
+@SLOTS
+def test_a_suggestion_reaches_the_next_proposal_and_is_recorded_with_its_outcome(toy, cli, slots):
+    assert run(cli, toy, [], "--experiments", "0").code == 0  # a tag with its baseline
     queued = cli("suggest", "-C", toy.root, "raise the learning rate towards 3")
-    assert queued.code == 0 and "suggestion #1 queued for research line t" in queued.out
+    assert queued.code == 0 and "suggestion #1 queued for tag t" in queued.out
     assert "the next proposal considers it" in queued.out
-    assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
+    assert run(cli, toy, [LR_2], "--experiments", "1", *slots).code == 0
     data = status(cli, toy)
     experiment = data["experiments"][1]
     assert experiment["description"] == "as asked: raise the learning rate towards 3"  # what the agent was given
@@ -52,6 +57,22 @@ def test_suggestions_are_taken_up_one_per_proposal_oldest_first(toy, cli):
     data = status(cli, toy)
     assert [e["description"] for e in data["experiments"][1:]] == ["as asked: first idea", "then: second idea"]
     assert [(s["text"], s["experiment"]) for s in data["suggestions"]] == [("first idea", 1), ("second idea", 2)]
+
+
+@pytest.mark.parametrize("slots", [["--slots", "2"], ["--pipeline"]], ids=["2slots", "pipeline"])
+def test_proposals_made_while_others_wait_take_up_different_suggestions(toy, cli, slots):
+    """With proposals made ahead (several slots, the pipeline), a suggestion goes to one of them only."""
+    for text in ("first idea", "second idea", "third idea"):
+        cli("suggest", "-C", toy.root, text)
+    assert run(cli, toy, [LR_2, LR_3, {"description": "last: {suggestion}", "knobs": {"WIDTH": 6}}],
+               "--experiments", "3", *slots).code == 0
+    data = status(cli, toy)
+    by_index = {e["id"]: e for e in data["experiments"]}
+    taken = [(s["text"], s["experiment"]) for s in data["suggestions"]]
+    assert sorted(text for text, _ in taken) == ["first idea", "second idea", "third idea"]
+    assert len({index for _, index in taken}) == 3  # three experiments, one suggestion each
+    for text, index in taken:
+        assert by_index[index]["agent"] == "scripted" and by_index[index]["description"].endswith(text)
 
 
 def test_an_agent_that_does_not_read_suggestions_leaves_them_waiting(toy, cli):
@@ -100,7 +121,7 @@ def test_the_claude_agent_sends_the_suggestion_and_records_it_taken(toy, cli, mo
 
 def test_suggest_before_any_research_waits_for_the_first_line(toy, cli):
     queued = cli("suggest", "-C", toy.root, "an early idea")
-    assert queued.code == 0 and "queued for the next research line" in queued.out
+    assert queued.code == 0 and "queued for whichever tag runs next" in queued.out
     assert "no session is running" in queued.out
     assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
     assert status(cli, toy)["experiments"][1]["description"] == "as asked: an early idea"
@@ -113,35 +134,41 @@ def test_an_empty_suggestion_is_a_usage_error(toy, cli):
 # ---------------------------------------------------------------- pause, resume, stop
 
 
-def test_pause_holds_between_experiments_resume_goes_on_stop_ends_cleanly(make_toy, spawn_cli, tmp_path, cli):
+@SLOTS
+def test_pause_holds_between_experiments_resume_goes_on_stop_ends_cleanly(make_toy, spawn_cli, tmp_path, cli, slots):
     toy = make_toy(sleep=0.3)
     log = tmp_path / "harness.log"
     steps = [{"description": f"LR {lr}", "knobs": {"LR": lr}} for lr in (1.5, 2.0, 2.5, 2.8, 2.9, 3.0, 3.1, 3.2)]
-    process = spawn_cli("run", "-C", toy.root, "--tag", TAG, *toy.scripted(steps), log=log)
+    steps += [{"description": f"WIDTH {width}", "knobs": {"WIDTH": width}} for width in range(5, 13)]
+    process = spawn_cli("run", "-C", toy.root, "--tag", TAG, *toy.scripted(steps), *slots, log=log)
     assert wait_for(lambda: len(toy.experiments()) >= 2, timeout=60), log.read_text()
 
     paused = cli("pause", "-C", toy.root)
     assert paused.code == 0 and "pause requested" in paused.out and "no session is running" not in paused.out
     assert wait_for(lambda: "paused: waiting for resume" in log.read_text(), timeout=30), log.read_text()
     held = len(toy.experiments())
+    assert not toy.unfinished()  # paused between experiments: none is running
     time.sleep(1.5)
-    assert len(toy.experiments()) == held and process.poll() is None  # held, not ended
+    assert len(toy.experiments()) == held and not toy.unfinished() and process.poll() is None  # held, not ended
 
     assert cli("resume", "-C", toy.root).code == 0
     assert wait_for(lambda: len(toy.experiments()) > held, timeout=30), log.read_text()
+    assert "resumed" in log.read_text()
 
     assert cli("stop", "-C", toy.root).code == 0
     assert process.wait(timeout=60) == 0, log.read_text()
     (session,) = toy.sessions()
     assert session["end_reason"].startswith("stopped on request (control file)")
-    assert all(e.state.final for e in toy.experiments()) and len(toy.experiments()) < len(steps) + 1
+    assert all(e.state.final for e in toy.experiments())
+    assert len([e for e in toy.experiments() if e.agent == "scripted"]) < len(steps)
     assert toy.branch() == toy.best().commit
 
 
-def test_a_stop_with_no_session_running_does_not_stop_the_next_one(toy, cli):
+@SLOTS
+def test_a_stop_with_no_session_running_does_not_stop_the_next_one(toy, cli, slots):
     stopped = cli("stop", "-C", toy.root)
     assert stopped.code == 0 and "no session is running on this target" in stopped.out
-    assert run(cli, toy, [LR_2], "--experiments", "1").code == 0
+    assert run(cli, toy, [LR_2], "--experiments", "1", *slots).code == 0
     assert [e.state for e in toy.experiments()] == [State.BASELINE, State.KEPT]
 
 

@@ -176,3 +176,31 @@ def test_a_new_session_ignores_a_stale_command(toy):
     result = run_cli("run", "-C", toy.root, "--tag", TAG, *toy.scripted([{"description": "LR 2", "knobs": {"LR": 2}}]),
                      "--experiments", "1")
     assert result.code == 0 and len(toy.experiments()) == 2
+
+
+def test_a_session_is_running_exactly_while_a_process_holds_the_lock(researched, tmp_path):
+    """One answer to "is a session running?" for the CLI and every view: the target's session lock."""
+    import os
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(researched.root, root)
+    target = Target.open(root)
+    assert control.holder(target.state) is None
+    ledger = observe.open_ledger(target)
+    session = ledger.start_session(TAG, "scripted", "1s", [], os.getpid())  # a row a killed harness would leave
+    try:
+        assert observe.session_state(ledger, TAG, target.state)["alive"] is False  # no lock: not running
+        handle = control.lock(target.state)
+        try:
+            assert control.holder(target.state) == os.getpid()
+            assert observe.session_state(ledger, TAG, target.state)["alive"] is True
+            assert run_cli("pause", "-C", root).out.startswith("pause requested") and \
+                "no session is running" not in run_cli("pause", "-C", root).out
+        finally:
+            handle.close()
+        assert control.holder(target.state) is None
+        assert observe.session_state(ledger, TAG, target.state)["alive"] is False
+        ledger.end_session(session, "done")
+    finally:
+        ledger.close()

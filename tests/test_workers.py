@@ -1,4 +1,4 @@
-"""Several experiments at once (`run --workers N`): real processes on CPU slots, the toy targets, real git and SQLite.
+"""Several experiments at once (`run --slots N`): real processes on CPU slots, the toy targets, real git and SQLite.
 
 What must hold whatever the interleaving: the ledger and the branch agree, the kept experiments form a chain, every
 experiment ran on the parent it records, two winners from one parent are stacked (or their conflict recorded), a
@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from autoresearch.agents import Context, Proposal
+from autoresearch.agents import Context
 from autoresearch.agents.search import SearchAgent
 from autoresearch.config import load
 from autoresearch.executor import Slot, local_slots
@@ -19,7 +19,7 @@ from autoresearch.records import RunState, State
 from autoresearch.runner import MALLOC_TUNING, Runner, RunSpec
 from autoresearch.budget import Budget
 from autoresearch.target import Target
-from toy import TAG, alive, build_guarded, build_toy, children, group_alive, quick_judge, run_cli, wait_for
+from toy import CONFIG, TAG, alive, build_guarded, build_toy, children, group_alive, quick_judge, run_cli, wait_for
 
 FINAL = {State.BASELINE, State.KEPT, State.DISCARDED, State.CRASHED, State.REJECTED, State.INTERRUPTED,
          State.SUPERSEDED, State.TIMEOUT}
@@ -78,7 +78,7 @@ def test_gpu_slots_each_see_one_gpu(monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     slots = local_slots("auto", None)
     assert [(s.name, s.device, s.visible_devices) for s in slots] == [("gpu0", "cuda", "3"), ("gpu1", "cuda", "5")]
-    assert [s.visible_devices for s in local_slots("cuda", 3)] == ["3", "5", "3"]  # more workers than GPUs: shared
+    assert [s.visible_devices for s in local_slots("cuda", 3)] == ["3", "5", "3"]  # more slots than GPUs: shared
     assert [s.visible_devices for s in local_slots("cuda:1", None)] == ["5"]
     toy = build_toy(tmp_path)
     spec = RunSpec(0, toy.root, 0, Budget.parse("1s"), 10, tmp_path / "run")
@@ -99,7 +99,7 @@ def test_runs_get_malloc_tuning_unless_the_user_tunes_malloc(monkeypatch, tmp_pa
     assert env["MALLOC_ARENA_MAX"] == "2" and not set(MALLOC_TUNING) & set(env)
 
 
-# ---------------------------------------------------------------- several workers
+# ---------------------------------------------------------------- several slots
 
 SCRIPT = [knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8), knobs("LR 1.5", LR=1.5), knobs("WIDTH 6", WIDTH=6),
           knobs("LR 3", LR=3.0), knobs("WIDTH 12", WIDTH=12)]
@@ -107,13 +107,13 @@ SCRIPT = [knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8), knobs("LR 1.5", LR=1
 
 @pytest.fixture(scope="module")
 def researched(tmp_path_factory):
-    """The toy after a session with three workers over SCRIPT (runs of 0.6 s, so they overlap)."""
+    """The toy after a session with three slots over SCRIPT (runs of 0.6 s, so they overlap)."""
     toy = build_toy(tmp_path_factory.mktemp("workers"), sleep=0.6)
-    result = run(toy, SCRIPT, "--workers", "3")
+    result = run(toy, SCRIPT, "--slots", "3")
     return toy, result
 
 
-def test_several_workers_run_at_once_and_the_ledger_and_branch_agree(researched):
+def test_several_slots_run_at_once_and_the_ledger_and_branch_agree(researched):
     toy, result = researched
     assert "3 slots" in result.out
     assert_consistent(toy)
@@ -152,7 +152,7 @@ def test_status_shows_the_slots(researched):
 
 def test_two_winners_from_one_parent_are_stacked_and_rejudged(make_toy):
     toy = make_toy(sleep=2.0)
-    run(toy, [knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8)], "--workers", "2")
+    run(toy, [knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8)], "--slots", "2")
     assert_consistent(toy)
     experiments = toy.experiments()
     superseded = [e for e in experiments if e.state is State.SUPERSEDED]
@@ -172,7 +172,7 @@ def test_two_winners_from_one_parent_are_stacked_and_rejudged(make_toy):
 
 def test_a_stacking_conflict_is_recorded(make_toy):
     toy = make_toy(sleep=2.0)
-    run(toy, [knobs("LR 2", LR=2.0), knobs("LR 2.5", LR=2.5)], "--workers", "2")  # both win; the same line
+    run(toy, [knobs("LR 2", LR=2.0), knobs("LR 2.5", LR=2.5)], "--slots", "2")  # both win; the same line
     assert_consistent(toy)
     experiments = toy.experiments()
     (superseded,) = [e for e in experiments if e.state is State.SUPERSEDED]
@@ -188,7 +188,7 @@ def test_a_proposal_made_on_an_old_best_is_rebased_and_records_it(make_toy):
     slow = {"description": "slower, no better", "replace": [{"file": "train.py", "old": "SLEEP = 1.0",
                                                              "new": "SLEEP = 4.0"}]}
     # WIDTH 6 is proposed on the baseline while LR 2 and the slow one train, and takes LR 2's slot once it is kept
-    run(toy, [knobs("LR 2", LR=2.0), slow, knobs("WIDTH 6", WIDTH=6)], "--workers", "2")
+    run(toy, [knobs("LR 2", LR=2.0), slow, knobs("WIDTH 6", WIDTH=6)], "--slots", "2")
     assert_consistent(toy)
     experiments = toy.experiments()
     width = next(e for e in experiments if e.description == "WIDTH 6")
@@ -223,7 +223,7 @@ HANG = {"description": "hang", "replace": [{"file": "train.py", "old": "HANG = 0
 def test_a_run_that_dies_loses_nothing(make_toy, spawn_cli, tmp_path):
     """One worker's training process is SIGKILLed: its experiment is recorded crashed, the others go on."""
     toy = make_toy(sleep=0.3)
-    process = spawn_cli("run", "-C", toy.root, "--tag", TAG, "--workers", "2",
+    process = spawn_cli("run", "-C", toy.root, "--tag", TAG, "--slots", "2",
                         *toy.scripted([HANG, knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8)]),
                         log=tmp_path / "harness.log")
     # the baseline, then the hanging run beside LR 2, then WIDTH 8 (rebased on LR 2) while it still hangs
@@ -241,7 +241,7 @@ def test_a_run_that_dies_loses_nothing(make_toy, spawn_cli, tmp_path):
 def test_a_coordinator_killed_with_runs_in_flight_resumes_consistently(make_toy, spawn_cli, tmp_path):
     toy = make_toy(sleep=0.3)
     script = [HANG, HANG | {"description": "hang too"}, knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8)]
-    process = spawn_cli("run", "-C", toy.root, "--tag", TAG, "--workers", "2", *toy.scripted(script),
+    process = spawn_cli("run", "-C", toy.root, "--tag", TAG, "--slots", "2", *toy.scripted(script),
                         log=tmp_path / "harness.log")
     assert wait_for(lambda: len(children(process.pid, toy.pids())) == 2, timeout=60)  # both slots hang
     in_flight = children(process.pid, toy.pids())
@@ -249,7 +249,7 @@ def test_a_coordinator_killed_with_runs_in_flight_resumes_consistently(make_toy,
     process.wait()
     assert all(alive(pid) for pid in in_flight)  # the runs outlive the coordinator (their own process groups)
     assert len(toy.unfinished()) == 2
-    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--workers", "2", *toy.scripted(script))
+    result = run_cli("run", "-C", toy.root, "--tag", TAG, "--slots", "2", *toy.scripted(script))
     assert result.code == 0, result.text
     for pid in in_flight:
         assert f"killed process group {pid}" in result.out
@@ -266,7 +266,7 @@ def test_a_coordinator_killed_with_runs_in_flight_resumes_consistently(make_toy,
 
 def test_ctrl_c_stops_every_slot(make_toy, spawn_cli, tmp_path):
     toy = make_toy()
-    process = spawn_cli("run", "-C", toy.root, "--tag", TAG, "--workers", "2",
+    process = spawn_cli("run", "-C", toy.root, "--tag", TAG, "--slots", "2",
                         *toy.scripted([HANG, HANG | {"description": "hang too"}]), log=tmp_path / "harness.log")
     assert wait_for(lambda: len(children(process.pid, toy.pids())) == 2, timeout=60)
     running = children(process.pid, toy.pids())
@@ -281,13 +281,13 @@ def test_ctrl_c_stops_every_slot(make_toy, spawn_cli, tmp_path):
 
 # ---------------------------------------------------------------- the statistical judge, with an evaluator
 
-def test_workers_with_the_statistical_judge_and_a_trusted_evaluator(tmp_path):
+def test_slots_with_the_statistical_judge_and_a_trusted_evaluator(tmp_path):
     toy = build_guarded(tmp_path, noise=0.01)
     def edit(description, old, new):
         return {"description": description, "replace": [{"file": "train.py", "old": old, "new": new}]}
 
     run(toy, [edit("LR 2", "LR = 1.0", "LR = 2.0"), edit("WIDTH 8", "WIDTH = 4", "WIDTH = 8"),
-              edit("LR 0.5", "LR = 1.0", "LR = 0.5")], "--workers", "2")
+              edit("LR 0.5", "LR = 1.0", "LR = 0.5")], "--slots", "2")
     assert_consistent(toy)
     experiments = toy.experiments()
     assert experiments[0].state is State.BASELINE and len(experiments[0].runs) == 2
@@ -295,12 +295,52 @@ def test_workers_with_the_statistical_judge_and_a_trusted_evaluator(tmp_path):
     low = next(e for e in experiments if e.description == "LR 0.5")
     assert low.state in (State.DISCARDED, State.REJECTED)  # worse; or, on LR 2, its edit no longer applies
     assert any(e.state is State.KEPT for e in experiments)
+    # every slot works from the first minute to the last: the baseline's calibration runs and the held-out test
+    assert {r.slot for r in experiments[0].runs} == {"cpu0", "cpu1"} and overlapped(experiments[0].runs)
+    (heldout,) = [v for v in toy.ledger().verifications(TAG) if v["kind"] == "heldout"]
+    assert len(heldout["runs"]) == 4 and {r["slot"] for r in heldout["runs"]} == {"cpu0", "cpu1"}
+
+
+def test_the_old_workers_flag_still_works_and_is_hidden(make_toy):
+    toy = make_toy(sleep=0.3)
+    result = run(toy, [knobs("LR 2", LR=2.0), knobs("WIDTH 8", WIDTH=8)], "--workers", "2")  # scripts of before
+    assert "2 slots" in result.out
+    assert {r.slot for e in toy.experiments() for r in e.runs} == {"cpu0", "cpu1"}
+    for command in ("run", "calibrate", "verify"):
+        usage = run_cli(command, "--help").out
+        assert "--slots N" in usage and "--workers" not in usage
+
+
+# ---------------------------------------------------------------- runs spread over the slots
+
+def test_a_new_lines_calibration_runs_at_once_on_every_slot(make_toy):
+    toy = make_toy(sleep=0.6, config=CONFIG + "\n[run]\nseeds = [0, 1, 2, 3]\n")
+    result = run(toy, [], "--slots", "2", "--experiments", "0")
+    (baseline,) = toy.experiments()
+    assert baseline.state is State.BASELINE and sorted(r.seed for r in baseline.runs) == [0, 1, 2, 3]
+    assert Counter(r.slot for r in baseline.runs) == {"cpu0": 2, "cpu1": 2} and overlapped(baseline.runs)
+    assert "#0    baseline" in result.out
+
+
+def test_verify_runs_both_sides_at_once_on_every_slot(tmp_path):
+    toy = build_guarded(tmp_path)
+    run(toy, [], "--experiments", "0")
+    result = run_cli("verify", "-C", toy.root, "--seeds", "2", "--split", "val", "--slots", "2")
+    assert result.code == 0, result.text
+    (verification,) = toy.ledger().verifications(TAG)
+    runs = verification["runs"]
+    assert sorted((r["role"], r["seed"]) for r in runs) == [("baseline", 0), ("baseline", 1), ("candidate", 0),
+                                                            ("candidate", 1)]
+    assert {r["slot"] for r in runs} == {"cpu0", "cpu1"}
+    spans = sorted((r["started_at"], r["started_at"] + r["seconds"]) for r in runs)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # two were in flight at once
+    assert verification["summary"]["effect"]["pairs"] == 2  # paired by seed, whatever order they finished in
 
 
 # ---------------------------------------------------------------- the built-in GPT target
 
 @pytest.mark.slow
-def test_workers_on_the_gpt_target_with_fixed_step_budgets(tmp_path):
+def test_slots_on_the_gpt_target_with_fixed_step_budgets(tmp_path):
     import subprocess
 
     root = tmp_path / "research"
@@ -314,7 +354,7 @@ def test_workers_on_the_gpt_target_with_fixed_step_budgets(tmp_path):
     import json
     script.write_text(json.dumps([knobs("higher Muon LR", MATRIX_LR=0.08), knobs("longer warmdown", WARMDOWN_FRAC=0.8),
                                   knobs("much lower Muon LR", MATRIX_LR=0.004)]))
-    result = run_cli("run", "-C", root, "--tag", "w", "--budget", "10steps", "--workers", "2", "--device", "cpu",
+    result = run_cli("run", "-C", root, "--tag", "w", "--budget", "10steps", "--slots", "2", "--device", "cpu",
                      "--agent", "scripted", "--agent-option", f"script={script}")
     assert result.code == 0, result.text
     from autoresearch.ledger import Ledger

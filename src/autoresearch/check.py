@@ -152,7 +152,7 @@ def _jail(config: Config, report: Report) -> None:
 def _prepared(target: Target, report: Report, say: Callable[[str], None]) -> bool:
     if not target.config.commands.prepare or target.data.is_dir():
         return True
-    from .cli import prepare
+    from .target import prepare
 
     say(f"preparing the data (`{target.config.commands.prepare}`), once")
     started = time.monotonic()

@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 from . import __version__
 from .budget import Budget
 from .config import ConfigError
-from .target import Target, cache_dir, command_argv
-
-
-class UsageError(Exception):
-    """Bad input on the command line: exit status 2."""
+from .errors import SessionError, UsageError
+from .target import Target, prepare
 
 
 def _budget(spec: str) -> Budget:
@@ -49,13 +42,6 @@ def _programs() -> dict:
     return PROGRAMS
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a scheduler, `kill`) stops the session as cleanly as Ctrl-C does."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 # ---------------------------------------------------------------------------- commands
 
 
@@ -79,157 +65,35 @@ def cmd_prepare(args) -> int:
     return prepare(target, args.data, args.vocab, extra)
 
 
-def prepare(target: Target, data: Optional[str] = None, vocab: Optional[int] = None, extra: list = ()) -> int:
-    """Run the target's prepare command; `--data`, `--vocab` and any further flags are passed on."""
-    command = target.config.commands.prepare
-    if not command:
-        print("this target declares no prepare command; nothing to do")
-        return 0
-    argv = (command_argv(command) + (["--data", data] if data else []) + (["--vocab", str(vocab)] if vocab else [])
-            + list(extra))
-    env = {**os.environ, "AUTORESEARCH_DATA": str(target.data), "AUTORESEARCH_CACHE": str(cache_dir())}
-    target.data.mkdir(parents=True, exist_ok=True)
-    code = subprocess.call(argv, cwd=target.root, env=env)
-    if code != 0:
-        print(f"prepare failed: `{' '.join(argv)}` exited with code {code}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def cmd_run(args) -> int:
+    from . import assemble
+
     target = Target.open(args.C)
-    overrides = {"model": args.model, "base_url": args.base_url}
-    limits = {"max_cost": args.max_cost, "max_tokens": args.max_tokens, "max_hours": args.max_hours}
-    return run_session(target, args.agent or target.config.agent.name, _options(args.agent_option), args.experiments,
-                       args.budget, args.tag, args.device, overrides=overrides, limits=limits, workers=args.workers,
-                       pipeline=args.pipeline, executor=args.executor, address=args.address)
-
-
-def _agent_settings(target: Target, overrides: dict, options: dict):
-    """`[agent]` from autoresearch.toml with the command line's overrides; the options it does not know."""
-    from pydantic import ValidationError
-
-    from .config import AgentSection
-
-    section = target.config.agent
-    known = {key: value for key, value in options.items() if key in AgentSection.model_fields}
-    changes = {**known, **{key: value for key, value in overrides.items() if value is not None}}
-    try:
-        settings = AgentSection.model_validate({**section.model_dump(), **changes}) if changes else section
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())
-        raise UsageError(f"agent settings from the command line: {problems}") from None
-    return settings, {key: value for key, value in options.items() if key not in known}
-
-
-def _limits(target: Target, limits: Optional[dict]):
-    from .config import LimitsSection
-
-    given = {key: value for key, value in (limits or {}).items() if value is not None}
-    for key, value in given.items():
-        if value <= 0:
-            raise UsageError(f"--{key.replace('_', '-')} must be more than 0")
-    return LimitsSection.model_validate({**target.config.limits.model_dump(), **given})
-
-
-def make_executor(name: str, device: str, workers: Optional[int] = None, address: Optional[str] = None):
-    """The executor named `name` (local, ray) with `workers` slots (None: one per visible GPU, else one)."""
-    from .executor import EXECUTORS, LocalExecutor
-
-    if workers is not None and workers < 1:
-        raise UsageError("--workers must be 1 or more")
-    if name == "local":
-        if address:
-            raise UsageError("--address is for --executor ray")
-        return LocalExecutor(device, workers)
-    if name == "ray":
-        from .ray_executor import RayExecutor, RayUnavailable
-
-        try:
-            return RayExecutor(device=device, workers=workers, address=address)
-        except RayUnavailable as exc:
-            raise UsageError(str(exc)) from None
-    if name in EXECUTORS:
-        return EXECUTORS[name](device=device, workers=workers)
-    raise UsageError(f"unknown executor {name!r}; available: local, ray")
-
-
-def run_session(target: Target, agent_name: str, agent_options: dict, experiments: Optional[int],
-                budget: Optional[Budget], tag: Optional[str], device: Optional[str],
-                overrides: Optional[dict] = None, limits: Optional[dict] = None, workers: Optional[int] = None,
-                pipeline: Optional[bool] = None, executor: str = "local", address: Optional[str] = None) -> int:
-    from . import agents, sandbox
-    from .session import Session, SessionError
-
-    settings, options = _agent_settings(target, overrides or {}, agent_options)
-    caps = _limits(target, limits)
-    try:
-        agent = agents.create(agent_name, settings=settings, **options)
-    except (ValueError, TypeError, OSError) as exc:
-        raise UsageError(f"agent {agent_name}: {exc}") from None
-    try:
-        sandbox.check(target.config.sandbox.isolate)  # once, before anything runs: refuse, or say what is not isolated
-    except sandbox.SandboxError as exc:
-        print(f"autoresearch: {exc}", file=sys.stderr)
-        return 1
-    runner = make_executor(executor, device or target.config.run.device, workers, address)
-    _stop_on_sigterm()
-    try:
-        session = Session.open(target, agent, agent_name, runner, tag=tag, budget=budget, limits=caps)
-        slots = runner.slots()
-        where = f"slot {slots[0].name}" if len(slots) == 1 else f"{len(slots)} slots"
-        print(f"session {session.session_id} on {session.branch}: agent {agent_name}, budget {session.budget}, "
-              f"{where}" + (f" ({runner.name})" if runner.name != "local" else ""))
-        try:
-            with _live_view(target, session.tag):
-                reason = session.run(experiments, pipeline=pipeline)
-        finally:
-            session.close()
-    except SessionError as exc:
-        print(f"autoresearch: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        runner.close()
+    reason = assemble.run(target, args.agent or target.config.agent.name, agent_options=_options(args.agent_option),
+                          overrides={"model": args.model, "base_url": args.base_url},
+                          caps={"max_cost": args.max_cost, "max_tokens": args.max_tokens, "max_hours": args.max_hours},
+                          experiments=args.experiments, budget=args.budget, tag=args.tag, device=args.device,
+                          slots=args.slots, pipeline=args.pipeline, executor_name=args.executor, address=args.address,
+                          watch=_live_view)
     print(f"session ended: {reason}")
     return 0 if not reason.startswith("paused") else 1
 
 
-@contextmanager
-def _harness_session(target: Target, purpose: str, args):
-    """A session on an existing research line for a harness job (calibrate, verify): no agent. Ends
-    recorded in the ledger however the job ends."""
-    from .executor import LocalExecutor
-    from .session import Session
+def _live_view(session):
+    """The Rich live panel while the session runs, on a terminal; nothing elsewhere (plain lines only)."""
+    from contextlib import nullcontext
 
-    if args.tag is None and _existing_tag(target, None) is None:
-        raise UsageError(f"nothing to {purpose}: no research yet (`autoresearch run` starts with the baseline)")
-    _stop_on_sigterm()
-    executor = LocalExecutor(args.device or target.config.run.device)
-    try:
-        session = Session.open(target, None, purpose, executor, tag=args.tag, budget=args.budget)
-    except BaseException:
-        executor.close()
-        raise
-    reason = f"{purpose}: done"
-    try:
-        yield session
-    except KeyboardInterrupt:
-        reason = "stopped by the user"
-        raise
-    except BaseException as exc:
-        reason = f"{purpose} failed: {exc}"
-        raise
-    finally:
-        session.ledger.end_session(session.session_id, reason)
-        session.close()
-        executor.close()
+    from .live import LiveView, wanted
+
+    return LiveView(session.target, session.tag) if wanted() else nullcontext()
 
 
 def cmd_calibrate(args) -> int:
+    from . import assemble
+
     target = Target.open(args.C)
     name = target.config.metric.name
-    with _harness_session(target, "calibrate", args) as session:
+    with assemble.harness_session(target, "calibrate", args.tag, args.budget, args.device, args.slots) as session:
         record = session.calibrate(args.seeds)
         noise = session.noise()
     if record["sd"] is None:
@@ -241,12 +105,12 @@ def cmd_calibrate(args) -> int:
     if record["steps_mean"] is not None:
         spread = f" ± {record['steps_sd']:.1f}" if record["steps_sd"] is not None else ""
         print(f"  steps per run: {record['steps_mean']:.1f}{spread}")
-    print(f"  pooled over the research line: {noise.describe()}")
+    print(f"  pooled over tag {session.tag}: {noise.describe()}")
     return 0
 
 
 def cmd_verify(args) -> int:
-    from . import verify
+    from . import assemble, verify
 
     target = Target.open(args.C)
     try:
@@ -255,19 +119,18 @@ def cmd_verify(args) -> int:
         raise UsageError(str(exc)) from None
     if args.seeds < 2:
         raise UsageError("--seeds must be 2 or more: the interval needs pairs")
-    with _harness_session(target, "verify", args) as session:
+    with assemble.harness_session(target, "verify", args.tag, args.budget, args.device, args.slots) as session:
         baseline = session.ledger.baseline(session.tag)
         if baseline is None:
-            raise UsageError("the research line has no baseline yet")
+            raise UsageError(f"tag {session.tag!r} has no baseline yet")
         candidate = target.git.resolve(args.commit) if args.commit else session.ledger.best(session.tag).commit
         if candidate is None:
             raise UsageError(f"no commit {args.commit!r} in {target.root}")
-        slot = session.executor.slots()[0]
-        worktree = target.git.add_worktree(target.worktrees / slot.name, candidate)
         try:
-            summary = verify.compare(session, worktree, slot, baseline.commit, candidate,
-                                     seeds=list(range(args.seeds)), split=args.split, kind="verify",
-                                     budget=args.budget, scales=scales)
+            with session.slots.take() as (worktree, slot):
+                summary = verify.compare(session, worktree, slot, baseline.commit, candidate,
+                                         seeds=list(range(args.seeds)), split=args.split, kind="verify",
+                                         budget=args.budget, scales=scales)
         except verify.VerifyError as exc:
             raise UsageError(str(exc)) from None
     effect = summary["effect"]
@@ -286,18 +149,9 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def _live_view(target: Target, tag: str):
-    """The Rich live panel while the session runs, on a terminal; nothing elsewhere (plain lines only)."""
-    from contextlib import nullcontext
-
-    from .live import LiveView, wanted
-
-    return LiveView(target, tag) if wanted() else nullcontext()
-
-
 def cmd_status(args) -> int:
-    from .ledger import Ledger
-    from .status import render, status_dict
+    from . import observe
+    from .status import render
 
     target = Target.open(args.C)
     tag = _existing_tag(target, args.tag)
@@ -307,7 +161,11 @@ def cmd_status(args) -> int:
         else:
             print("no research yet: `autoresearch run` starts a session")
         return 0
-    status = status_dict(Ledger(target.ledger_path), tag, target.config)
+    ledger = observe.open_ledger(target)
+    try:
+        status = observe.status(ledger, tag, target)
+    finally:
+        ledger.close()
     print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
 
@@ -317,11 +175,11 @@ def _existing_tag(target: Target, tag: Optional[str]) -> Optional[str]:
 
     if not target.ledger_path.exists():
         if tag:
-            raise UsageError(f"no research line {tag!r}: this target has no ledger yet")
+            raise UsageError(f"no tag {tag!r}: this target has no ledger yet")
         return None
     ledger = Ledger(target.ledger_path)
     if tag and ledger.tag(tag) is None:
-        raise UsageError(f"no research line {tag!r} in {target.ledger_path}")
+        raise UsageError(f"no tag {tag!r} in {target.ledger_path}")
     return tag or ledger.latest_tag()
 
 
@@ -401,6 +259,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_suggest(args) -> int:
+    from . import control
     from .ledger import Ledger
 
     target = Target.open(args.C)
@@ -414,11 +273,11 @@ def cmd_suggest(args) -> int:
         waiting = len(ledger.pending_suggestions(tag or ""))
     finally:
         ledger.close()
-    line = f"research line {tag}" if tag else "the next research line"
+    line = f"tag {tag}" if tag else "whichever tag runs next"
     print(f"suggestion #{suggestion.id} queued for {line}: {text}")
     print("the next proposal considers it" if waiting == 1 else
           f"{waiting - 1} suggestion(s) are ahead of it: each proposal takes up the oldest one")
-    if not _session_running(target):
+    if control.holder(target.state) is None:
         print("no session is running on this target: `autoresearch run` will take it up")
     return 0
 
@@ -428,28 +287,12 @@ def cmd_control(args) -> int:
 
     target = Target.open(args.C)
     control.write(target.state, args.command, by="cli")
-    running = _session_running(target)
+    running = control.holder(target.state) is not None
     print({"pause": "pause requested: the session holds before its next proposal, until `autoresearch resume`",
            "resume": "resume requested: a paused session goes on with its next proposal",
            "stop": "stop requested: the session ends cleanly after the experiment it is running"}[args.command]
           + ("" if running else " (no session is running on this target: the next `autoresearch run` starts afresh)"))
     return 0
-
-
-def _session_running(target: Target) -> bool:
-    """Whether a session holds the target's lock (see session._lock)."""
-    import fcntl
-
-    path = target.state / "session.lock"
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
 
 
 def cmd_check(args) -> int:
@@ -470,6 +313,12 @@ def cmd_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+
+
+def _slots_option(p: argparse.ArgumentParser, what: str) -> None:
+    """--slots N; --workers N is its old name, kept (hidden) so existing scripts go on working."""
+    p.add_argument("--slots", type=int, metavar="N", help=what)
+    p.add_argument("--workers", dest="slots", type=int, help=argparse.SUPPRESS)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -508,12 +357,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, metavar="N", help="stop once the agent has used this many tokens in this session")
     p.add_argument("--max-hours", type=float, metavar="H", help="stop after this many hours")
     p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget: 300s, 500steps, 2Mtok")
-    p.add_argument("--tag", help="research line; its branch is autoresearch/TAG (default: the latest, or today)")
+    p.add_argument("--tag", help="the name of this line of research: its branch is autoresearch/TAG, its experiments "
+                   "are numbered in it (default: the latest tag, or today's date for the first)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
-    p.add_argument("--workers", type=int, metavar="N", help="experiments in flight at once, one per slot, each in its "
-                   "own worktree (default: one per visible GPU, else 1; on the CPU, N slots share the cores)")
+    _slots_option(p, "experiments in flight at once, one per slot, each in its own worktree (default: one per visible "
+                  "GPU, else 1; on the CPU, N slots share the cores)")
     p.add_argument("--pipeline", action="store_true", default=None,
-                   help="propose the next experiments while the current ones train (always on with --workers > 1)")
+                   help="propose the next experiments while the current ones train (always on with --slots > 1)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="where runs happen: this machine (default) or a Ray cluster (pip install 'autoresearch[ray]')")
     p.add_argument("--address", metavar="ADDR", help="--executor ray: the cluster (host:port of `ray start --head`, "
@@ -523,25 +373,27 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", parents=[common], help="measure the metric's noise: rerun the best commit")
     p.add_argument("--seeds", type=int, default=5, metavar="K", help="more runs of the best commit (default: 5)")
     p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget (default: the target's)")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
+    _slots_option(p, "runs at once, one per slot (default: one per visible GPU, else 1)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("verify", parents=[common],
                        help="does the gain hold? baseline vs best, side by side, on the test split, maybe scaled up")
-    p.add_argument("commit", nargs="?", help="the candidate (default: the research line's best)")
+    p.add_argument("commit", nargs="?", help="the candidate (default: the tag's best)")
     p.add_argument("--scale", action="append", metavar="NAME=+N",
                    help="change a constant of both sides first: depth=+2, seq_len=x2, batch_size=32")
     p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget (default: the target's)")
     p.add_argument("--seeds", type=int, default=3, metavar="K", help="paired seeds per side (default: 3)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="evaluation split (default: test)")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
+    _slots_option(p, "runs at once, one per slot (default: one per visible GPU, else 1)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("status", parents=[common], help="the research at a glance")
     p.add_argument("--json", action="store_true", help="machine-readable")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("export", parents=[common], help="export results (results.tsv) or the kept chain (commits)")
@@ -555,24 +407,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-entity", metavar="ENTITY", help="the W&B team or user (default: W&B's own)")
     p.add_argument("--wandb-mode", choices=("online", "offline"), help="offline: W&B's local files, to `wandb sync` "
                    "later (default: W&B's own, WANDB_MODE)")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", parents=[common], help="progress.png and a self-contained report.html")
     p.add_argument("--out", metavar="DIR", help="where to write them (default: .autoresearch/report/)")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", parents=[common], help="live dashboard in the browser")
     p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; others need --token)")
     p.add_argument("--token", help="required on every request (default: $AUTORESEARCH_TOKEN); needed off localhost")
-    p.add_argument("--tag", help="research line (default: the latest, followed as new ones start)")
+    p.add_argument("--tag", help="the tag to show (default: the latest, followed as new ones start)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("suggest", parents=[common], help="queue an idea for the next proposal to consider")
     p.add_argument("text", nargs="+", help="the idea, in words")
-    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
     p.set_defaults(func=cmd_suggest)
 
     for command, what in (("pause", "hold a running session before its next proposal"),
@@ -608,11 +460,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from .session import SessionError
-
-        if not isinstance(exc, SessionError):
-            raise
+    except SessionError as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

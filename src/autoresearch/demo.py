@@ -19,7 +19,7 @@ from typing import Optional
 from . import knobs
 from .budget import Budget
 from .config import CONFIG_FILE
-from .target import Target, init
+from .target import Target, init, prepare
 
 TAG = "demo"
 UNTUNED = {"MATRIX_LR": 0.002}  # 20x below the tuned default: the search has something real to find
@@ -31,9 +31,9 @@ QUICK_JUDGE = {"calibrate_seeds": 3, "max_runs": 3, "final_test_seeds": 2, "impl
 
 
 def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str]) -> int:
-    from .cli import prepare, run_session
-    from .ledger import Ledger
-    from .status import render, status_dict
+    from . import assemble, observe
+    from .report import build
+    from .status import render
 
     if (directory / CONFIG_FILE).exists():
         print(f"continuing the demo in {directory}")
@@ -50,16 +50,18 @@ def demo(directory: Path, experiments: int, budget: Budget, data: Optional[str])
                 return 1
         else:
             return 1
-    code = run_session(target, "search", {}, experiments, budget, TAG, None)
-    if code != 0:
-        return code
-    from .report import build
-
-    ledger = Ledger(target.ledger_path)
-    status = status_dict(ledger, TAG, target.config)
-    print()
-    print(render(status))
-    _, page = build(target, ledger, TAG, target.state / "report")
+    reason = assemble.run(target, "search", experiments=experiments, budget=budget, tag=TAG)
+    print(f"session ended: {reason}")
+    if reason.startswith("paused"):
+        return 1
+    ledger = observe.open_ledger(target)
+    try:
+        status = observe.status(ledger, TAG, target)
+        print()
+        print(render(status))
+        _, page = build(target, ledger, TAG, target.state / "report")
+    finally:
+        ledger.close()
     here, command = _shown(directory), _command()
     print()
     print(f"Every experiment is in {_shown(target.ledger_path)}; the kept chain is the branch {status['branch']}:")

@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from . import forkserver, sandbox
 from .sandbox import Jail, Limits
@@ -117,17 +117,6 @@ class Executor(ABC):
         except BaseException:
             handle.cancel()
             raise
-
-
-EXECUTORS: dict[str, Callable[..., Executor]] = {}
-
-
-def register(name: str):
-    def decorate(cls):
-        cls.name = name
-        EXECUTORS[name] = cls
-        return cls
-    return decorate
 
 
 # ---------------------------------------------------------------------------- local
@@ -362,15 +351,16 @@ def _server_key(job: Job, cpus: tuple) -> tuple:
     return (jail, job.limits, tuple(sorted(_server_env(job.env).items())), job.argv[0], job.preload, cpus)
 
 
-@register("local")
 class LocalExecutor(Executor):
     """Child processes on this machine: one slot per visible GPU, or one CPU slot. On Linux, a job that is a
     Python script (Job.preload) is forked from a warm server per slot and kind of job (forkserver.py)."""
 
+    name = "local"
+
     forks = sys.platform.startswith("linux") and hasattr(os, "fork")
 
-    def __init__(self, device: str = "auto", workers: Optional[int] = None):
-        self._slots = local_slots(device, workers)
+    def __init__(self, device: str = "auto", slots: Optional[int] = None):
+        self._slots = local_slots(device, slots)
         self._servers: dict[tuple[str, str], _ForkServer] = {}
         self._lock = threading.Lock()
 
@@ -483,19 +473,19 @@ def _start_time(pid: int) -> str:
         return "unknown"
 
 
-def local_slots(device: str, workers: Optional[int]) -> list[Slot]:
-    """One slot per visible GPU (or `workers` of them, sharing GPUs round-robin past one each), each seeing only its
-    GPU through CUDA_VISIBLE_DEVICES; else `workers` CPU slots (default 1) that split the cores between them."""
+def local_slots(device: str, count: Optional[int]) -> list[Slot]:
+    """One slot per visible GPU (or `count` of them, sharing GPUs round-robin past one each), each seeing only its
+    GPU through CUDA_VISIBLE_DEVICES; else `count` CPU slots (default 1) that split the cores between them."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     gpus = _visible_gpus() if device in ("auto", "cuda") or device.startswith("cuda:") else []
     if device.startswith("cuda:") and gpus:
         gpus = [gpus[int(device[5:]) % len(gpus)]]
     if gpus:
-        count = workers or len(gpus)
+        count = count or len(gpus)
         share = max(1, len(cores) // count)
         return [Slot(f"gpu{i}", "cuda", share, visible_devices=gpus[i % len(gpus)],
                      cpus=_share(cores, i, count)) for i in range(count)]
-    count = workers or 1  # "auto" stays auto: the run itself picks Apple's GPU or the CPU
+    count = count or 1  # "auto" stays auto: the run itself picks Apple's GPU or the CPU
     if count == 1:
         return [Slot("cpu0", device, len(cores))]
     return [Slot(f"cpu{i}", device, max(1, len(cores) // count), cpus=_share(cores, i, count)) for i in range(count)]

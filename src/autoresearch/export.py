@@ -6,7 +6,7 @@ experiments count as crash, with the reason in the description; the metric colum
 the target's metric).
 
 `--branch NAME` and `--patches DIR` hand the kept chain over for review: one commit per kept
-change, replayed on the research line's base commit, each message giving the hypothesis, the
+change, replayed on the tag's base commit, each message giving the hypothesis, the
 measured effect and its uncertainty. They are made with git plumbing (`commit-tree`, a new ref,
 `format-patch`): the user's branch, index and worktree are never touched, and an existing
 branch is never overwritten.
@@ -92,7 +92,7 @@ def replay(git: Git, ledger: Ledger, tag: str, config: Config) -> tuple[str, lis
     experiments = ledger.experiments(tag)
     kept = [e for e in experiments if e.state is State.KEPT]
     if not kept:
-        raise ExportError(f"research line {tag!r} has no kept change yet: nothing to export")
+        raise ExportError(f"tag {tag!r} has no kept change yet: nothing to export")
     by_index = {r["id"]: r for r in rows(experiments, config)}
     by_commit = {e.commit: e for e in experiments if e.state in (State.BASELINE, State.KEPT)}
     base = ledger.tag(tag)["base_commit"]

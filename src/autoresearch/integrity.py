@@ -1,7 +1,7 @@
 """The checks the harness makes around every run, which nothing inside the run can influence.
 
-- Before a run: the experiment's commit carries the protected files exactly as the research
-  line's base commit has them (compared by git blob hash), and its worktree is that commit.
+- Before a run: the experiment's commit carries the protected files exactly as the tag's
+  base commit has them (compared by git blob hash), and its worktree is that commit.
 - After the training command, before the trusted evaluator runs: the worktree is still that
   commit, no tracked file changed (a training run that rewrites evaluate.py, or its own
   train.py which the evaluator imports, is caught here) and no new importable file appeared
@@ -44,7 +44,7 @@ def commit_violation(git: Git, commit: str, reference: dict[str, str], config: C
         if path not in current:
             return f"protected file {path} is missing from the commit"
         if current[path] != blob:
-            return f"protected file {path} differs from the research line's base (blob {current[path][:9]}, " \
+            return f"protected file {path} differs from the tag's base commit (blob {current[path][:9]}, " \
                    f"expected {blob[:9]})"
     for path in sorted(set(current) - set(reference)):
         return f"new protected file {path} in the commit"

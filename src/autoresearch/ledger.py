@@ -3,13 +3,17 @@
 Every session, experiment (discarded ones included, with their diffs), run and decision. It is
 the single source of truth: status, export, resume, the agents' memory and reports read it.
 Schema changes are numbered, append-only migrations. Every write is one transaction, so a
-harness killed at any moment leaves either the old or the new state, never half of one.
+harness killed at any moment leaves either the old or the new state, never half of one. The
+threads of one session (its slots, the proposer) share one connection: every public method runs
+under the ledger's lock, so their transactions never interleave.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -168,6 +172,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             taken_at REAL
         );
     """),
+    ("007_verification_slots", """
+        ALTER TABLE verification_runs ADD COLUMN slot TEXT;
+        ALTER TABLE verification_runs ADD COLUMN started_at REAL;
+    """),
 ]
 
 _EXPERIMENT_COLUMNS = ("id, tag, idx, state, parent, commit_sha, description, agent, diff, lines_added, "
@@ -175,10 +183,27 @@ _EXPERIMENT_COLUMNS = ("id, tag, idx, state, parent, commit_sha, description, ag
                        "effect, effect_se, margin, slot, proposed_on, origin")
 
 
+def _serialised(cls):
+    """Every public method of `cls` under the instance's lock (an RLock: methods call one another)."""
+    def locked(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            with self.lock:
+                return method(self, *args, **kwargs)
+        return call
+
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not name.startswith("_"):
+            setattr(cls, name, locked(member))
+    return cls
+
+
+@_serialised
 class Ledger:
-    """One target's ledger. Open it with `Ledger(path)`; it migrates itself."""
+    """One target's ledger. Open it with `Ledger(path)`; it migrates itself. Safe to share between threads."""
 
     def __init__(self, path: Path):
+        self.lock = threading.RLock()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -239,9 +264,9 @@ class Ledger:
                             (time.time(), reason, session_id))
 
     def sessions(self, tag: str) -> list[dict]:
-        rows = self.db.execute("SELECT id, agent, budget, started_at, ended_at, end_reason FROM sessions "
+        rows = self.db.execute("SELECT id, agent, budget, pid, started_at, ended_at, end_reason FROM sessions "
                                "WHERE tag = ? ORDER BY id", (tag,)).fetchall()
-        return [dict(zip(("id", "agent", "budget", "started_at", "ended_at", "end_reason"), r)) for r in rows]
+        return [dict(zip(("id", "agent", "budget", "pid", "started_at", "ended_at", "end_reason"), r)) for r in rows]
 
     # ---------------------------------------------------------------- experiments
 
@@ -410,7 +435,7 @@ class Ledger:
                           slot=slot, proposed_on=proposed_on, origin=origin)
 
     def slot_activity(self, tag: str) -> list[dict]:
-        """Per slot, over the research line's sessions: runs, busy seconds (wall time of its runs), the span from
+        """Per slot, over the tag's sessions: runs, busy seconds (wall time of its runs), the span from
         its first run's start to its last run's end, and what runs there now (an experiment left running)."""
         rows = self.db.execute(
             "SELECT r.slot, COUNT(*), SUM(r.seconds), MIN(r.started_at), MAX(r.finished_at) FROM runs r "
@@ -459,9 +484,9 @@ class Ledger:
         with self._transaction():
             self.db.execute(
                 "INSERT INTO verification_runs (verification_id, role, commit_sha, seed, split, state, metric, "
-                "seconds, reason, log_path, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "seconds, reason, log_path, finished_at, slot, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (verification_id, role, commit, run.seed, split, RunState(run.state).value, run.metric, run.seconds,
-                 run.reason, run.log_path, time.time()))
+                 run.reason, run.log_path, time.time(), run.slot, run.started_at))
 
     def finish_verification(self, verification_id: int, summary: dict) -> None:
         with self._transaction():
@@ -474,13 +499,14 @@ class Ledger:
             "FROM verifications WHERE tag = ? ORDER BY id", (tag,)).fetchall()
         out = []
         for id_, kind, settings, base, cand, summary, created, finished in rows:
-            runs = self.db.execute("SELECT role, commit_sha, seed, split, state, metric, seconds, reason, log_path "
-                                   "FROM verification_runs WHERE verification_id = ? ORDER BY id", (id_,)).fetchall()
+            runs = self.db.execute("SELECT role, commit_sha, seed, split, state, metric, seconds, reason, log_path, "
+                                   "slot, started_at FROM verification_runs WHERE verification_id = ? ORDER BY id",
+                                   (id_,)).fetchall()
             out.append({"id": id_, "kind": kind, "settings": json.loads(settings), "baseline_commit": base,
                         "candidate_commit": cand, "summary": json.loads(summary) if summary else None,
                         "created_at": created, "finished_at": finished,
                         "runs": [dict(zip(("role", "commit", "seed", "split", "state", "metric", "seconds", "reason",
-                                           "log_path"), r)) for r in runs]})
+                                           "log_path", "slot", "started_at"), r)) for r in runs]})
         return out
 
 

@@ -2,7 +2,7 @@
 
 An observer, not part of the loop: a thread reads the ledger and the running logs twice a second
 and redraws a Rich Live panel under the session's own lines (which keep scrolling above it). The
-CLI starts it around `Session.run` when stdout is a terminal; elsewhere (CI, a pipe, a log file)
+CLI starts it around `scheduler.run` when stdout is a terminal; elsewhere (CI, a pipe, a log file)
 the session prints its plain lines only.
 """
 
@@ -37,8 +37,7 @@ def wanted(stream=None) -> bool:
 
 def snapshot(target: Target, ledger, tag: str, now: Optional[float] = None) -> dict:
     experiments = ledger.experiments(tag)
-    extra = observe.optional(ledger, tag)
-    return {"summary": observe.summary(ledger, tag, target, experiments, extra),
+    return {"summary": observe.summary(observe.status(ledger, tag, target, experiments)),
             "slots": observe.in_flight(target, ledger, tag, experiments, now)}
 
 
@@ -117,12 +116,12 @@ def render(snap: dict) -> RenderableType:
                       Text("left by a stopped harness" if slot["stale"] else "", style="yellow"))
     if snap["slots"]:
         lines.append(table)
-    title = f"autoresearch · {s['target']} · line {s['tag']} · {name} ({goal})"
+    title = f"autoresearch · {s['target']} · tag {s['tag']} · {name} ({goal})"
     return Panel(Group(*lines), title=title, title_align="left", border_style="blue")
 
 
 class LiveView:
-    """`with LiveView(target, tag): session.run()` draws the panel until the block ends."""
+    """`with LiveView(target, tag): scheduler.run(session)` draws the panel until the block ends."""
 
     def __init__(self, target: Target, tag: str, console: Optional[Console] = None,
                  interval: float = REFRESH_SECONDS):

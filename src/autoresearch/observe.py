@@ -1,11 +1,12 @@
-"""What the views show, read from the ledger and the run directories; nothing here writes.
+"""The one read model: a tag's research as every view shows it, read from the ledger's typed readers and the run
+directories; nothing here writes.
 
-The live terminal view (live.py), the report (report.py) and the dashboard (serve.py) all read
-through here. Each experiment becomes a plain dict (status.py's, plus seed statistics and its
-effect over its parent); `in_flight` says what every slot is doing now, parsing progress from the
-tail of the running log (`step 120 | 35.0% | loss 2.1234 | ... | 15,000 tok/s`) and falling back to
-the clock for targets that print nothing. Later ledger versions may add a `flags` table, agent
-cost columns, a noise model or test-split runs: each is shown where present and skipped where not.
+`status` is the line read once: `autoresearch status` prints it (as text, status.py, or JSON), and the live
+terminal view (live.py), the report (report.py) and the dashboard (serve.py) show `summary` (its figures at a
+glance) and `rows` (each experiment with its seed statistics and its effect over its parent). `in_flight` says what
+every slot is doing now, parsing progress from the tail of the running log (`step 120 | 35.0% | loss 2.1234 | ... |
+15,000 tok/s`) and falling back to the clock for targets that print nothing. Whether a session is running has one
+answer: a process holds the target's session lock (control.py).
 """
 
 from __future__ import annotations
@@ -14,22 +15,20 @@ import json
 import math
 import os
 import re
-import sqlite3
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 from . import constraints, control
 from .budget import Budget
 from .config import Config
+from .costs import Usage
 from .ledger import Ledger
 from .records import Experiment, RunState, State
-from .status import experiment_dict
 from .target import Target
 
-COST_COLUMNS = ("cost_usd", "agent_cost_usd", "usd", "dollars", "cost")
-TOKEN_COLUMNS = ("tokens_in", "tokens_out", "input_tokens", "output_tokens", "cached_tokens", "cache_read_tokens")
 TAIL_BYTES = 16384
 
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
@@ -43,7 +42,95 @@ def open_ledger(target: Target) -> Optional[Ledger]:
     return Ledger(target.ledger_path) if target.ledger_path.exists() else None
 
 
-# ---------------------------------------------------------------------------- experiments
+# ---------------------------------------------------------------------------- a tag
+
+
+def experiment_dict(e: Experiment) -> dict:
+    return {
+        "id": e.index, "state": e.state.value, "metric": e.metric, "commit": e.commit, "parent": e.parent,
+        "description": e.description, "seconds": e.seconds, "agent": e.agent, "reason": e.reason,
+        "lines_added": e.lines_added, "lines_removed": e.lines_removed, "knobs": e.knobs,
+        "effect": e.effect, "effect_se": e.effect_se, "margin": e.margin,
+        "slot": e.slot, "proposed_on": e.proposed_on, "origin": e.origin,
+        "runs": [{"seed": r.seed, "state": r.state.value, "metric": r.metric, "seconds": r.seconds,
+                  "peak_memory_mb": r.peak_memory_mb, "reason": r.reason, "log": r.log_path, "slot": r.slot,
+                  "started_at": r.started_at} for r in e.runs],
+    }
+
+
+def status(ledger: Ledger, tag: str, target: Target, experiments: Optional[list[Experiment]] = None) -> dict:
+    """Everything known about `tag`: its experiments, the kept chain, counts, the improvement, agent
+    spend, flags, noise model, verifications (and the held-out figures they give), constraints, suggestions,
+    sessions, slots."""
+    config = target.config
+    experiments = ledger.experiments(tag) if experiments is None else experiments
+    chain = [e for e in experiments if e.state in (State.BASELINE, State.KEPT)]
+    baseline = chain[0] if chain and chain[0].state is State.BASELINE else None
+    best = chain[-1] if chain else None
+    counts = Counter(e.state.value for e in experiments)
+    costs = ledger.agent_costs(tag)
+    verifications = _verifications(ledger.verifications(tag), experiments)
+    held_out = _held_out(verifications)
+    entries = []
+    for e in experiments:
+        entry = experiment_dict(e)
+        entry["agent_cost"] = costs[e.index].as_dict() if e.index in costs else None
+        entry["test"] = held_out.get(e.index)
+        entries.append(entry)
+    improvement = _improvement(baseline, best, config)
+    row = ledger.tag(tag)
+    return {
+        "tag": tag, "branch": row["branch"], "base_commit": row["base_commit"], "target": config.target.name,
+        "metric": {"name": config.metric.name, "goal": config.metric.goal},
+        "best": experiment_dict(best) if best else None,
+        "baseline": experiment_dict(baseline) if baseline else None,
+        "improvement": improvement,
+        "relative_improvement": improvement / abs(baseline.metric) if improvement is not None and baseline.metric
+        else None,
+        "counts": {state.value: counts.get(state.value, 0) for state in State
+                   if state not in (State.BASELINE, State.PROPOSED)},
+        "kept_chain": [e.index for e in chain],
+        "seconds": sum(e.seconds or 0 for e in experiments),
+        "experiments": entries,
+        "sessions": ledger.sessions(tag),
+        "session": session_state(ledger, tag, target.state),
+        "rejections": [{"id": e.index, "description": e.description, "reason": e.reason}
+                       for e in experiments if e.state is State.REJECTED],
+        "flags": ledger.flags(tag),
+        "noise": ledger.noise_history(tag),
+        "verifications": verifications,
+        "agent_cost": _spend(costs.values()),
+        "constraints": [{**c.model_dump(), "baseline": _baseline_value(baseline, c.metric),
+                         "text": constraints.describe(c, _baseline_value(baseline, c.metric))}
+                        for c in config.constraints],
+        "suggestions": ledger.suggestions(tag),
+        "slots": ledger.slot_activity(tag),
+    }
+
+
+def summary(status: dict) -> dict:
+    """The line at a glance (the dashboard's header, the live panel, the report's cards): `status` less the
+    experiments, with the latest noise model and the agent's total spend."""
+    def brief(e: Optional[dict]) -> Optional[dict]:
+        return {key: e[key] for key in ("id", "metric", "commit", "description")} if e else None
+
+    spend = status["agent_cost"]
+    cost = None
+    if spend["proposals"]:
+        cost = {key: spend[key] for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")}
+        if spend["cost_usd"] is not None:
+            cost["usd"] = spend["cost_usd"]
+    noise = status["noise"][-1] if status["noise"] else None
+    return {
+        **{key: status[key] for key in ("tag", "branch", "base_commit", "target", "metric", "improvement",
+                                      "relative_improvement", "counts", "kept_chain", "seconds", "session",
+                                      "suggestions")},
+        "baseline": brief(status["baseline"]), "best": brief(status["best"]), "experiments": len(status["experiments"]),
+        "cost": cost, "flags": len(status["flags"]),
+        "noise": {key: value for key, value in noise.items() if key not in ("id", "created_at") and value is not None}
+        if noise else None,
+        "constraints": [c["text"] for c in status["constraints"]],
+    }
 
 
 def seed_stats(experiment: Experiment) -> tuple[Optional[float], Optional[float], int]:
@@ -55,226 +142,101 @@ def seed_stats(experiment: Experiment) -> tuple[Optional[float], Optional[float]
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
 
 
-def rows(experiments: list[Experiment], config: Config, extra: Optional[dict] = None,
-         diffs: bool = False) -> list[dict]:
-    """Every experiment as a dict for views: status's fields, seed statistics and the effect over its parent.
+def rows(experiments: list[Experiment], config: Config, status: Optional[dict] = None, diffs: bool = False) -> list[dict]:
+    """Every experiment as a dict for views: status's fields, seed statistics and the effect over its parent, and
+    (given the line's `status`) its agent cost, flags and held-out figures.
 
     `effect` is positive when the experiment is better than its parent (whatever the metric's goal);
     `effect_se` is its standard error where both have several seeds."""
-    extra = extra or {}
     chain = {e.commit: e for e in experiments if e.state in (State.BASELINE, State.KEPT) and e.commit}
+    entries = {entry["id"]: entry for entry in (status or {}).get("experiments", [])}
+    flags = (status or {}).get("flags", [])
     out = []
     for e in experiments:
         row = experiment_dict(e)
         mean, sd, n = seed_stats(e)
         parent = chain.get(e.parent) if e.parent else None
-        effect, effect_se = getattr(e, "effect", None), getattr(e, "effect_se", None)  # the judge's, where recorded
+        effect, effect_se = e.effect, e.effect_se  # the judge's, where recorded
         if parent is not None and e.ok and parent.ok:
             if effect is None:
                 effect = (parent.metric - e.metric) if config.minimize else (e.metric - parent.metric)
             _, parent_sd, parent_n = seed_stats(parent)
             if effect_se is None and sd is not None and parent_sd is not None:
                 effect_se = math.sqrt(sd ** 2 / n + parent_sd ** 2 / parent_n)
+        entry = entries.get(e.index, {})
         row.update(sd=sd, seeds=n, parent_id=parent.index if parent else None, effect=effect, effect_se=effect_se,
-                   created_at=e.created_at, finished_at=e.finished_at,
-                   cost=(extra.get("cost") or {}).get("by_experiment", {}).get(e.index),
-                   flags=[f for f in extra.get("flags", []) if f["id"] == e.index],
-                   test=extra.get("test", {}).get(e.index))
+                   created_at=e.created_at, finished_at=e.finished_at, cost=entry.get("agent_cost"),
+                   flags=[f for f in flags if f["index"] == e.index], test=entry.get("test"))
         if diffs:
             row["diff"] = e.diff
         out.append(row)
     return out
 
 
-def summary(ledger: Ledger, tag: str, target: Target, experiments: Optional[list[Experiment]] = None,
-            extra: Optional[dict] = None) -> dict:
-    """The research line at a glance: metric, baseline, best, counts, cost, session state."""
-    config = target.config
-    experiments = ledger.experiments(tag) if experiments is None else experiments
-    extra = optional(ledger, tag) if extra is None else extra
-    chain = [e for e in experiments if e.state in (State.BASELINE, State.KEPT)]
-    baseline = next((e for e in chain if e.state is State.BASELINE), None)
-    best = chain[-1] if chain else None
-    counts = {s.value: 0 for s in State if s not in (State.BASELINE, State.PROPOSED)}
+def _improvement(baseline: Optional[Experiment], best: Optional[Experiment], config: Config) -> Optional[float]:
+    if not (baseline and best and baseline.ok and best.ok):
+        return None
+    return baseline.metric - best.metric if config.minimize else best.metric - baseline.metric
+
+
+def _baseline_value(baseline: Optional[Experiment], name: str) -> Optional[float]:
+    return constraints.mean(baseline.runs, name) if baseline else None
+
+
+def _spend(usages) -> dict:
+    """What the agent's proposals cost in all: tokens, dollars (None when any price was unknown)."""
+    usages = list(usages)
+    total = sum(usages, Usage(cost_usd=0.0))
+    models = sorted({u.model for u in usages if u.model})
+    return {**total.as_dict(), "model": ", ".join(models), "proposals": len(usages),
+            "cost_per_proposal_usd": total.cost_usd / len(usages) if usages and total.cost_usd is not None else None,
+            "unpriced_proposals": sum(1 for u in usages if u.cost_usd is None)}
+
+
+def _verifications(verifications: list[dict], experiments: list[Experiment]) -> list[dict]:
+    """The ledger's verifications, each with `sides`: per role, the experiment it re-ran (its index, where the
+    commit is one) and the mean ± sd of its successful runs."""
+    by_commit: dict[str, int] = {}
     for e in experiments:
-        if e.state.value in counts:
-            counts[e.state.value] += 1
-    improvement = None
-    if baseline and best and baseline.ok and best.ok:
-        improvement = baseline.metric - best.metric if config.minimize else best.metric - baseline.metric
-    brief = (lambda e: {"id": e.index, "metric": e.metric, "commit": e.commit, "description": e.description}
-             if e else None)
-    return {
-        "tag": tag, "branch": ledger.tag(tag)["branch"], "base_commit": ledger.tag(tag)["base_commit"],
-        "target": config.target.name, "metric": {"name": config.metric.name, "goal": config.metric.goal},
-        "baseline": brief(baseline), "best": brief(best), "improvement": improvement,
-        "relative_improvement": improvement / abs(baseline.metric) if improvement is not None and baseline.metric
-        else None,
-        "counts": counts, "experiments": len(experiments), "kept_chain": [e.index for e in chain],
-        "seconds": sum(e.seconds or 0 for e in experiments),
-        "cost": (extra.get("cost") or {}).get("total"), "flags": len(extra.get("flags", [])),
-        "noise": extra.get("noise"), "session": session_state(ledger, tag, target.state),
-        "suggestions": ledger.suggestions(tag) if hasattr(ledger, "suggestions") else [],
-        "constraints": [constraints.describe(c, constraints.mean(baseline.runs, c.metric) if baseline else None)
-                        for c in getattr(config, "constraints", [])],
-    }
-
-
-# ---------------------------------------------------------------------------- optional ledger parts
-
-
-def _tables(db: sqlite3.Connection) -> set[str]:
-    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def _columns(db: sqlite3.Connection, table: str) -> list[str]:
-    return [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
-
-
-def optional(ledger: Ledger, tag: str) -> dict:
-    """What later ledger versions may hold, where present: cost, flags, noise model, test-split figures."""
-    db = ledger.db
-    index = dict(db.execute("SELECT id, idx FROM experiments WHERE tag = ?", (tag,)).fetchall())
-    tables = _tables(db)
-    verifications = _verifications(ledger, tag, index)
-    test = _test(db, tables, index)
-    for v in verifications:  # held-out test figures of the commits a verification ran on the test split
-        if v["split"] == "test" and not v["scale"]:
-            for role in ("baseline", "candidate"):
-                if v[f"{role}_id"] is not None and v[role]["n"] and v[f"{role}_id"] not in test:
-                    test[v[f"{role}_id"]] = v[role]
-    return {"cost": _cost(db, tables, index), "flags": _flags(db, tables, index),
-            "noise": _noise(db, tables, tag), "test": test, "verifications": verifications}
-
-
-def _verifications(ledger: Ledger, tag: str, index: dict) -> list[dict]:
-    """Verifications (held-out test, scaled re-runs) where the ledger records them: both sides' mean ± sd and
-    the paired effect with its interval and verdict."""
-    if not hasattr(ledger, "verifications"):
-        return []
-    by_commit = {}
-    for id_, idx, commit, state in ledger.db.execute(
-            "SELECT id, idx, commit_sha, state FROM experiments WHERE tag = ? ORDER BY idx", (tag,)):
-        if commit and (commit not in by_commit or state in ("baseline", "kept")):
-            by_commit[commit] = idx
+        if e.commit and (e.commit not in by_commit or e.state in (State.BASELINE, State.KEPT)):
+            by_commit[e.commit] = e.index
     out = []
-    for v in ledger.verifications(tag):
-        settings, summary = v.get("settings") or {}, v.get("summary") or {}
-        if isinstance(summary, str):
-            summary = json.loads(summary or "{}")
-        entry = {"id": v["id"], "kind": v["kind"], "split": settings.get("split", ""),
-                 "budget": settings.get("budget", ""), "scale": settings.get("scale") or [],
-                 "effect": (summary.get("effect") or {}) if isinstance(summary, dict) else {}}
-        for role, key in (("baseline", "baseline_commit"), ("candidate", "candidate_commit")):
-            source = settings.get(f"{role}_source") or v[key]
-            values = [r["metric"] for r in v.get("runs", []) if r["role"] == role and r["state"] == "ok"
+    for v in verifications:
+        sides = {}
+        for role in ("baseline", "candidate"):
+            source = v["settings"].get(f"{role}_source") or v[f"{role}_commit"]
+            values = [r["metric"] for r in v["runs"] if r["role"] == role and r["state"] == RunState.OK.value
                       and r["metric"] is not None]
-            entry[f"{role}_id"] = by_commit.get(source)
-            entry[role] = {"mean": statistics.fmean(values) if values else None,
+            sides[role] = {"id": by_commit.get(source), "mean": statistics.fmean(values) if values else None,
                            "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
-        out.append(entry)
+        out.append({**v, "sides": sides})
     return out
 
 
-def _cost(db, tables: set[str], index: dict) -> Optional[dict]:
-    """Agent cost per experiment and in total: from cost/token columns of `experiments`, or of any table
-    that names an experiment (agent calls, proposals)."""
-    by_experiment: dict[int, dict] = {}
-    sources = [("experiments", "id")] + [(t, key) for t in sorted(tables - {"experiments", "runs"})
-                                          for key in ("experiment_id", "experiment") if key in _columns(db, t)]
-    found = False
-    for table, key in sources:
-        columns = _columns(db, table)
-        wanted = [c for c in (*COST_COLUMNS, *TOKEN_COLUMNS) if c in columns]
-        if not wanted:
-            continue
-        found = True
-        sums = ", ".join(f'SUM("{c}")' for c in wanted)
-        for row in db.execute(f'SELECT "{key}", {sums} FROM "{table}" GROUP BY "{key}"'):
-            if row[0] not in index:
-                continue
-            entry = by_experiment.setdefault(index[row[0]], {})
-            for column, value in zip(wanted, row[1:]):
-                name = "usd" if column in COST_COLUMNS else column
-                if isinstance(value, (int, float)):
-                    entry[name] = entry.get(name, 0) + value
-    if not found:
-        return None
-    total: dict[str, float] = {}
-    for entry in by_experiment.values():
-        for name, value in entry.items():
-            total[name] = total.get(name, 0) + value
-    return {"by_experiment": by_experiment, "total": total or None}  # None: nothing was spent (offline agents)
-
-
-def _flags(db, tables: set[str], index: dict) -> list[dict]:
-    if "flags" not in tables:
-        return []
-    columns = _columns(db, "flags")
-    key = next((k for k in ("experiment_id", "experiment") if k in columns), None)
-    if key is None:
-        return []
-    kind = "kind" if "kind" in columns else "''"
-    message = "message" if "message" in columns else ("reason" if "reason" in columns else "''")
-    return [{"id": index[row[0]], "kind": row[1] or "", "message": row[2] or ""}
-            for row in db.execute(f'SELECT "{key}", {kind}, {message} FROM flags ORDER BY rowid')
-            if row[0] in index]
-
-
-def _noise(db, tables: set[str], tag: str) -> Optional[dict]:
-    """The latest row of a noise-model (calibration) table, as it stands."""
-    for table in sorted(tables):
-        if "noise" not in table and "calibrat" not in table:
-            continue
-        columns = _columns(db, table)
-        where, args = ("WHERE tag = ?", (tag,)) if "tag" in columns else ("", ())
-        row = db.execute(f'SELECT * FROM "{table}" {where} ORDER BY rowid DESC LIMIT 1', args).fetchone()
-        if row:
-            return {c: v for c, v in zip(columns, row)
-                    if c not in ("id", "tag", "experiment_id", "created_at") and v is not None}
-    return None
-
-
-def _test(db, tables: set[str], index: dict) -> dict:
-    """Test-split figures per experiment: runs with split = 'test', or a test_metric column."""
-    found: dict[int, list[float]] = {}
-    if "split" in _columns(db, "runs"):
-        for experiment_id, metric in db.execute("SELECT experiment_id, metric FROM runs WHERE split = 'test' "
-                                                "AND metric IS NOT NULL"):
-            if experiment_id in index:
-                found.setdefault(index[experiment_id], []).append(metric)
-    if "test_metric" in _columns(db, "experiments"):
-        for experiment_id, metric in db.execute("SELECT id, test_metric FROM experiments "
-                                                "WHERE test_metric IS NOT NULL"):
-            if experiment_id in index and index[experiment_id] not in found:
-                found[index[experiment_id]] = [metric]
-    return {i: {"mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else None, "n": len(v)}
-            for i, v in found.items()}
+def _held_out(verifications: list[dict]) -> dict[int, dict]:
+    """Test-split figures per experiment index: the latest unscaled verification on the test split that re-ran it."""
+    found: dict[int, dict] = {}
+    for v in verifications:
+        if v["settings"].get("split") == "test" and not v["settings"].get("scale"):
+            for side in v["sides"].values():
+                if side["id"] is not None and side["n"]:
+                    found[side["id"]] = {key: side[key] for key in ("mean", "sd", "n")}
+    return found
 
 
 # ---------------------------------------------------------------------------- sessions and slots
 
 
 def session_state(ledger: Ledger, tag: str, state_dir: Path) -> Optional[dict]:
-    """The latest session of the line: whether it is alive, and the control file's last command."""
-    row = ledger.db.execute("SELECT id, agent, budget, pid, started_at, ended_at, end_reason FROM sessions "
-                            "WHERE tag = ? ORDER BY id DESC LIMIT 1", (tag,)).fetchone()
-    if row is None:
+    """The latest session of the line: whether it is alive (its process holds the target's session lock), and the
+    control file's last command."""
+    sessions = ledger.sessions(tag)
+    if not sessions:
         return None
-    session = dict(zip(("id", "agent", "budget", "pid", "started_at", "ended_at", "end_reason"), row))
-    session["alive"] = session["ended_at"] is None and _pid_alive(session["pid"])
+    session = dict(sessions[-1])
+    session["alive"] = session["ended_at"] is None and control.holder(state_dir) == session["pid"]
     session["control"] = control.read(state_dir)["command"] if session["alive"] else None
     return session
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def tail(path: Path, max_bytes: int = TAIL_BYTES) -> str:
@@ -320,12 +282,11 @@ def in_flight(target: Target, ledger: Ledger, tag: str, experiments: Optional[li
     running = [e for e in experiments if e.state is State.RUNNING]
     session = session_state(ledger, tag, target.state)
     budget = _budget(session["budget"] if session else None) or config.default_budget()
-    slot_of = _slot_column(ledger, [e.id for e in running])
     slots = sorted(p.name for p in target.worktrees.iterdir() if p.is_dir()) if target.worktrees.is_dir() else []
     out = []
     for e in running:
-        slot = slot_of.get(e.id) or (slots[0] if len(slots) == 1 and len(running) == 1 else None)
-        out.append(_running(target, ledger, tag, e, budget, now, slot, bool(session and session["alive"])))
+        slot = e.slot or (slots[0] if len(slots) == 1 and len(running) == 1 else None)
+        out.append(_running(target, tag, e, budget, now, slot, bool(session and session["alive"])))
     busy = {entry["slot"] for entry in out}
     out += [{"slot": name, "busy": False} for name in slots if name not in busy]
     return out
@@ -338,15 +299,8 @@ def _budget(spec: Optional[str]) -> Optional[Budget]:
         return None
 
 
-def _slot_column(ledger: Ledger, ids: list[int]) -> dict[int, str]:
-    if not ids or "slot" not in _columns(ledger.db, "experiments"):
-        return {}
-    marks = ",".join("?" * len(ids))
-    return {i: s for i, s in ledger.db.execute(f"SELECT id, slot FROM experiments WHERE id IN ({marks})", ids) if s}
-
-
-def _running(target: Target, ledger: Ledger, tag: str, e: Experiment, budget: Budget, now: float,
-             slot: Optional[str], alive: bool) -> dict:
+def _running(target: Target, tag: str, e: Experiment, budget: Budget, now: float, slot: Optional[str],
+             alive: bool) -> dict:
     config = target.config
     done = {r.seed for r in e.runs}
     directory = run_dir(target, tag, e.index)
@@ -354,9 +308,8 @@ def _running(target: Target, ledger: Ledger, tag: str, e: Experiment, budget: Bu
     seeds = [int(p.name[4:]) for p in started_dirs if p.name[4:].isdigit()]
     seed = next((s for s in reversed(seeds) if s not in done),
                 next((s for s in config.run.seeds if s not in done), config.run.seeds[-1]))
-    (last_finished,) = ledger.db.execute("SELECT MAX(finished_at) FROM runs WHERE experiment_id = ?",
-                                         (e.id,)).fetchone()
-    started = max(e.created_at, last_finished or 0)
+    ended = [r.started_at + r.seconds for r in e.runs if r.started_at is not None]
+    started = max([e.created_at, *ended])  # the run in flight began when the last one ended
     log = run_dir(target, tag, e.index) / f"seed{seed}" / "log.txt"
     text = tail(log)
     headers = [line for line in text.splitlines() if line.startswith("==> ")]

@@ -1,8 +1,10 @@
 """`--executor ray`: each run is a Ray task on a Ray cluster; the code is shipped from the coordinator's git.
 
-    autoresearch run --workers 8 --executor ray --address HEAD_IP:6379
+    autoresearch run --slots 8 --executor ray --address HEAD_IP:6379
 
-A slot is a task's resources: one GPU (`num_gpus=1`) where the cluster has GPUs, else a share of its CPUs. A run's
+A slot is a task's resources: one GPU (`num_gpus=1`) where the cluster has GPUs, else a share of its CPUs; as many
+runs are in flight as there are slots (several at once from a new tag's calibration, a verification or the held-out
+test: slots.py), each waiting on its task in its own thread. A run's
 task gets the experiment's commit as a `git archive` of the coordinator's repository (committed again in a scratch
 repository on the worker: blob hashes, which the integrity checks compare, are the same) and the prepared data
 (put in Ray's object store once per session, unpacked once per node), then does on the worker exactly what a local
@@ -24,11 +26,12 @@ import shutil
 import socket
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Optional
 
-from .executor import Executor, Job, JobHandle, LocalExecutor, Slot, register
+from .executor import Executor, Job, JobHandle, LocalExecutor, Slot
 from .records import Flag, RunRecord, RunState
 
 MAX_REQUEUE = 3  # submissions of one run after its node or worker died
@@ -39,9 +42,10 @@ class RayUnavailable(Exception):
     pass
 
 
-@register("ray")
 class RayExecutor(Executor):
-    def __init__(self, device: str = "auto", workers: Optional[int] = None, address: Optional[str] = None,
+    name = "ray"
+
+    def __init__(self, device: str = "auto", slots: Optional[int] = None, address: Optional[str] = None,
                  init_options: Optional[dict] = None):
         try:
             import ray
@@ -57,14 +61,15 @@ class RayExecutor(Executor):
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
         if gpus and device in ("auto", "cuda"):
-            count = workers or gpus
+            count = slots or gpus
             self._slots = [Slot(f"ray-gpu{i}", "cuda", max(1, cpus // count)) for i in range(count)]
         else:
-            count = workers or 1
+            count = slots or 1
             self._slots = [Slot(f"ray-cpu{i}", device, max(1, cpus // count)) for i in range(count)]
         self.gpus = bool(gpus and device in ("auto", "cuda"))
         self._task = ray.remote(_remote_run)
         self._data: dict[str, tuple] = {}  # data directory -> (digest, object ref)
+        self._shipping = threading.Lock()
 
     def slots(self) -> list[Slot]:
         return list(self._slots)
@@ -137,13 +142,14 @@ class RayExecutor(Executor):
         files = sorted(p for p in data.rglob("*") if p.is_file()) if data.is_dir() else []
         stamp = hashlib.sha256(repr([(str(p.relative_to(data)), p.stat().st_size, p.stat().st_mtime_ns)
                                      for p in files]).encode()).hexdigest()[:16]
-        if self._data.get(str(data), (None,))[0] != stamp:
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w") as tar:
-                for path in files:
-                    tar.add(path, arcname=str(path.relative_to(data)))
-            self._data[str(data)] = (stamp, self.ray.put(buffer.getvalue()))
-        return self._data[str(data)]
+        with self._shipping:  # runs start from several threads at once (slots.py): the data is put once
+            if self._data.get(str(data), (None,))[0] != stamp:
+                buffer = io.BytesIO()
+                with tarfile.open(fileobj=buffer, mode="w") as tar:
+                    for path in files:
+                        tar.add(path, arcname=str(path.relative_to(data)))
+                self._data[str(data)] = (stamp, self.ray.put(buffer.getvalue()))
+            return self._data[str(data)]
 
 
 # ---------------------------------------------------------------------------- on the worker

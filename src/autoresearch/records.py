@@ -115,6 +115,6 @@ class Suggestion:
 
     id: int
     text: str
-    tag: Optional[str] = None  # the research line it is for; None: whichever line runs next
+    tag: Optional[str] = None  # the tag it is for; None: whichever tag runs next
     created_at: float = 0.0
     experiment_id: Optional[int] = None  # the experiment whose proposal took it up; None while it waits

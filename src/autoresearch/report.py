@@ -34,13 +34,13 @@ def build(target: Target, ledger: Ledger, tag: str, out: Path) -> tuple[Path, Pa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     experiments = ledger.experiments(tag)
-    extra = observe.optional(ledger, tag)
-    summary = observe.summary(ledger, tag, target, experiments, extra)
-    rows = observe.rows(experiments, target.config, extra, diffs=True)
+    status = observe.status(ledger, tag, target, experiments)
+    summary = observe.summary(status)
+    rows = observe.rows(experiments, target.config, status, diffs=True)
     png = progress_png(rows, summary)
     png_path, html_path = out / "progress.png", out / "report.html"
     png_path.write_bytes(png)
-    html_path.write_text(report_html(rows, summary, extra, png, ledger.sessions(tag)))
+    html_path.write_text(report_html(rows, summary, status, png))
     return png_path, html_path
 
 
@@ -177,7 +177,8 @@ def _table(headers: list[str], body: list[list[tuple[str, object]]], css: str = 
     return f'<table class="sortable {css}"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>'
 
 
-def report_html(rows: list[dict], summary: dict, extra: dict, png: bytes, sessions: list[dict]) -> str:
+def report_html(rows: list[dict], summary: dict, status: dict, png: bytes) -> str:
+    """The page: `rows` and `summary` of the tag's `status` (observe.py), the plot as PNG bytes."""
     name = summary["metric"]["name"]
     by_id = {r["id"]: r for r in rows}
     baseline, best = summary["baseline"], summary["best"]
@@ -198,9 +199,9 @@ def report_html(rows: list[dict], summary: dict, extra: dict, png: bytes, sessio
     card_html = "".join(f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{v}</div></div>'
                         for k, v in cards)
 
-    has_test = bool(extra.get("test"))
+    tested = [r for r in rows if r["test"]]
     chain_headers = ["#", "change (hypothesis)", f"{name} (mean ± sd)", "effect over parent", "vs baseline"]
-    chain_headers += (["test split"] if has_test else []) + ["lines", "commit"]
+    chain_headers += (["test split"] if tested else []) + ["lines", "commit"]
     chain_body = []
     for index in summary["kept_chain"]:
         r = by_id[index]
@@ -212,7 +213,7 @@ def report_html(rows: list[dict], summary: dict, extra: dict, png: bytes, sessio
         cells = [(f'<a href="#diff-{index}">#{index}</a>', index), (_e(r["description"]), r["description"]),
                  (_pm(r["metric"], r["sd"], r["seeds"]), r["metric"]), (_effect(r), r["effect"]),
                  (f"{versus:+.4g}" if versus is not None else "–", versus)]
-        if has_test:
+        if tested:
             cells.append((_pm(test["mean"], test["sd"], test["n"]) if test else "–", test["mean"] if test else None))
         cells += [(f"+{r['lines_added']} −{r['lines_removed']}", r["lines_added"] + r["lines_removed"]),
                   (f"<code>{_e((r['commit'] or '')[:9])}</code>", r["commit"])]
@@ -243,19 +244,19 @@ def report_html(rows: list[dict], summary: dict, extra: dict, png: bytes, sessio
                 "Effects are improvements (positive is better); ± is the standard deviation over seeds for "
                 "a metric and the standard error for an effect, where the change ran on several seeds.</p>"
                 + _table(chain_headers, chain_body) + "</section>"]
-    if has_test:
-        test_rows = [[(f"#{i}", i), (_e(by_id[i]["description"]), None),
-                      (_pm(by_id[i]["metric"], by_id[i]["sd"], by_id[i]["seeds"]), by_id[i]["metric"]),
-                      (_pm(t["mean"], t["sd"], t["n"]), t["mean"])] for i, t in sorted(extra["test"].items())]
+    if tested:
+        test_rows = [[(f"#{r['id']}", r["id"]), (_e(r["description"]), None), (_pm(r["metric"], r["sd"], r["seeds"]),
+                      r["metric"]), (_pm(r["test"]["mean"], r["test"]["sd"], r["test"]["n"]), r["test"]["mean"])]
+                     for r in tested]
         sections.append("<section><h2>Validation and test split</h2>"
                         + _table(["#", "description", "validation", "test"], test_rows) + "</section>")
-    if extra.get("verifications"):
+    if status["verifications"]:
         def side(v, role):
-            ref = f"#{v[role + '_id']} " if v[role + "_id"] is not None else ""
-            return ref + _pm(v[role]["mean"], v[role]["sd"], v[role]["n"])
+            side = v["sides"][role]
+            return (f"#{side['id']} " if side["id"] is not None else "") + _pm(side["mean"], side["sd"], side["n"])
 
         def effect(v):
-            e = v["effect"]
+            e = (v["summary"] or {}).get("effect") or {}
             if e.get("effect") is None:
                 return _e(e.get("verdict", "–"))
             ci = f" [{e['ci'][0]:+.4g}, {e['ci'][1]:+.4g}]" if e.get("ci") else ""
@@ -264,19 +265,20 @@ def report_html(rows: list[dict], summary: dict, extra: dict, png: bytes, sessio
         sections.append("<section><h2>Verifications</h2><p>Baseline and candidate re-run with the same seeds, "
                         "interleaved; the effect is the mean paired improvement with its 95% interval.</p>" + _table(
             ["#", "kind", "split", "budget", "scale", "baseline", "candidate", "effect"],
-            [[(str(v["id"]), v["id"]), (_e(v["kind"]), v["kind"]), (_e(v["split"]), v["split"]),
-              (_e(v["budget"]), v["budget"]), (_e(", ".join(v["scale"])), None), (side(v, "baseline"), None),
-              (side(v, "candidate"), None), (effect(v), (v["effect"] or {}).get("effect"))]
-             for v in extra["verifications"]]) + "</section>")
-    if extra.get("noise"):
+            [[(str(v["id"]), v["id"]), (_e(v["kind"]), v["kind"]), (_e(v["settings"].get("split", "")), None),
+              (_e(v["settings"].get("budget", "")), None), (_e(", ".join(v["settings"].get("scale") or [])), None),
+              (side(v, "baseline"), None), (side(v, "candidate"), None),
+              (effect(v), ((v["summary"] or {}).get("effect") or {}).get("effect"))]
+             for v in status["verifications"]]) + "</section>")
+    if summary["noise"]:
         sections.append("<section><h2>Noise model</h2>" + _table(
             ["key", "value"], [[(_e(k), k), (_e(_num(v) if isinstance(v, float) else v), None)]
-                               for k, v in extra["noise"].items()]) + "</section>")
-    if extra.get("flags"):
+                               for k, v in summary["noise"].items()]) + "</section>")
+    if status["flags"]:
         sections.append("<section><h2>Flags</h2>" + _table(
-            ["#", "kind", "message"], [[(f'<a href="#diff-{f["id"]}">#{f["id"]}</a>', f["id"]),
+            ["#", "kind", "message"], [[(f'<a href="#diff-{f["index"]}">#{f["index"]}</a>', f["index"]),
                                        (_e(f["kind"]), f["kind"]), (_e(f["message"]), f["message"])]
-                                      for f in extra["flags"]]) + "</section>")
+                                      for f in status["flags"]]) + "</section>")
     if cost:
         sections.append("<section><h2>Cost</h2>" + _table(
             ["", "total"], [[(_e(k), k), (f"{v:,.4g}", v)] for k, v in cost.items()]) + "</section>")
@@ -291,6 +293,7 @@ def report_html(rows: list[dict], summary: dict, extra: dict, png: bytes, sessio
                      f'<small>+{r["lines_added"]} −{r["lines_removed"]}</small></summary>'
                      f'<pre class="diff">{_diff_html(r["diff"])}</pre></details>')
     sections.append("<section><h2>Every diff</h2>" + ("".join(diffs) or "<p>none yet</p>") + "</section>")
+    sessions = status["sessions"]
     if sessions:
         session_rows = [[(str(s["id"]), s["id"]), (_e(s["agent"]), s["agent"]), (_e(s["budget"]), s["budget"]),
                          (_e(time.strftime("%Y-%m-%d %H:%M", time.localtime(s["started_at"]))), s["started_at"]),
@@ -304,7 +307,7 @@ def report_html(rows: list[dict], summary: dict, extra: dict, png: bytes, sessio
 <title>autoresearch report: {_e(summary['target'])} · {_e(summary['tag'])}</title>
 <link rel="icon" href="data:,">
 <style>{_CSS}</style></head>
-<body><header><h1>autoresearch report: {_e(summary['target'])} · line {_e(summary['tag'])}</h1>
+<body><header><h1>autoresearch report: {_e(summary['target'])} · tag {_e(summary['tag'])}</h1>
 <p>{_e(name)} ({_e(summary['metric']['goal'])}) · branch <code>{_e(summary['branch'])}</code> from
 <code>{_e(summary['base_commit'][:9])}</code> · generated {generated}</p></header>
 <div class="cards">{card_html}</div>

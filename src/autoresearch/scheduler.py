@@ -1,52 +1,88 @@
-"""Many experiments at once: one per slot, each in its own worktree, fed by an agent that proposes while they train.
+"""The loop, for any number of slots: the baseline, then experiments, one per slot, each in its own worktree, fed by
+an agent; then the held-out test of the best.
 
-    proposer thread --proposals--> queue (at most slots + 1) --> slot threads, one per slot: apply on the best
-    (rebased when the best moved since the proposal), check, commit, run seeds until the judge decides
-                                                                     --> coordinator: record the decision
+    proposer thread --proposals--> queue --> slot threads, one per slot: apply on the best (rebased when the best
+    moved since the proposal), check, commit, run seeds until the judge decides, record the decision
 
-The coordinator is the thread that calls `run` (the main thread, the one Ctrl-C reaches). It carries out every
-ledger call of the other threads (LedgerProxy: SQLite has one writer) and every decision, one at a time, so two
-winners never race for the branch. The slot threads mostly wait on training processes, where the work is.
+One slot without `--pipeline` is the reference loop: the agent proposes when the slot is free, on the best of that
+moment, and the next proposal waits for the decision. With several slots (or `--pipeline`) the agent proposes while
+they train, up to one proposal more than there are slots.
 
-- Pipelining: the agent proposes against the best of its time while the slots train. A proposal taken after the
-  best moved is rebased: its change is replayed on the new best with a three-way merge, checked again and run
-  with the new best as its parent (recorded, with `proposed_on`); if it does not apply, it is recorded rejected
-  with the conflict, and the agent's next proposal takes the slot.
+A new tag's baseline, whose calibration runs are all needed before anything is judged, and the held-out test at
+the end run at once on every slot (slots.py); so do an experiment's extra runs (a re-calibration, the confirmation
+of an implausible jump) on the slots that are free.
+
+The thread that calls `run` (the main thread, the one Ctrl-C reaches) watches: it obeys the control file between
+experiments (`pause` holds before the next one, `resume`, `stop` ends once the experiments in flight are recorded)
+and stops every slot on Ctrl-C. The threads share the ledger (its methods are serialised) and take turns, under the
+scheduler's lock, for what must not interleave: recording what became of a proposal (so that the agent's next
+context holds it exactly once: in the ledger or as pending), and each decision (keep or supersede, and the branch's
+compare-and-swap), so two winners never race for the branch.
+
+- Pipelining: a proposal taken after the best moved is rebased: its change is replayed on the new best with a
+  three-way merge, checked again and run with the new best as its parent (recorded, with `proposed_on`); if it does
+  not apply, it is recorded rejected with the conflict, and the agent's next proposal takes the slot.
 - Stacking: an experiment that wins against its parent after another experiment was kept (two winners from the
   same parent) is recorded `superseded`, and its change is re-applied on top of the new best as a new experiment
   (agent `stacking`, `origin` = its index) and judged against it: kept only if the combination still wins. A
   conflict is recorded as that experiment's rejection.
-- Kill-safe as the serial loop: an experiment is recorded `running` before it runs and decided once, the branch
-  moves after the ledger. A SIGKILLed coordinator leaves `running` rows and process groups that the next session
-  interrupts and kills (per-slot pid files); queued proposals were never recorded and are simply proposed again;
-  a superseded experiment whose re-application was never recorded is stacked when the next session starts.
+- Kill-safe: an experiment is recorded `running` before it runs and decided once, the branch moves after the
+  ledger. A SIGKILLed harness leaves `running` rows and process groups that the next session interrupts and kills
+  (per-slot pid files); queued proposals were never recorded and are simply proposed again; a superseded experiment
+  whose re-application was never recorded is stacked when the next session starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import queue
 import threading
+import time
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
-from . import scope
+from . import control, knobs, scope
 from .agents import AgentError, AgentExhausted, Context, Proposal, ProposalError
+from .errors import SessionError
+from .executor import Slot
+from .gitrepo import Git
 from .records import Experiment, State
+from .session import Session
 
-if TYPE_CHECKING:
-    from .executor import Slot
-    from .gitrepo import Git
-    from .session import Session
-
+STOPPED = "stopped on request (control file)"
 MAX_STACK = 3  # how many times one change is re-applied on a moving best before it is left superseded
-MAX_AGENT_FAILURES = 5  # consecutive agent errors before the session pauses (as the serial loop)
+MAX_AGENT_FAILURES = 5  # consecutive agent errors before the session pauses instead of spinning
+WATCH_SECONDS = 0.1  # how often the main thread looks at the control file and the slots
 
 
-class Stopped(Exception):
-    """The coordinator has finished: a late call from another thread is refused."""
+def run(session: Session, experiments: Optional[int] = None, final_test: bool = True,
+        pipeline: Optional[bool] = None) -> str:
+    """Run the baseline if needed, then `experiments` experiments (None: until stopped, a limit is reached or the agent
+    has no more), then the held-out test of the best commit (unless stopped on request). Returns why the session
+    ended, which the ledger records. `pipeline` (on with several slots): propose while the slots train."""
+    started = time.monotonic()
+    slots = session.executor.slots()
+    reason = "stopped"
+    control.clear(session.target.state)  # a pause or stop left from an earlier session does not apply
+    try:
+        if session.ledger.best(session.tag) is None:
+            with session.slots.take() as (worktree, slot):  # its calibration runs spread over every slot
+                baseline = session.run_baseline(worktree, slot)
+            if baseline.state is not State.BASELINE:
+                reason = f"the baseline failed ({baseline.reason}); fix the target and run again"
+                raise SessionError(reason)
+        pipelined = bool(pipeline) or len(slots) > 1
+        reason = Scheduler(session, slots, pipelined).run(experiments, started)
+        session.say(reason)
+        if final_test and experiments != 0 and not reason.startswith(STOPPED):
+            session.heldout_test(session.target.config.judge.final_test_seeds)
+        return reason
+    except KeyboardInterrupt:
+        reason = "stopped by the user"
+        session.say(reason)
+        return reason
+    finally:
+        session.ledger.end_session(session.session_id, reason)
 
 
 @dataclass(eq=False)
@@ -59,83 +95,44 @@ class Pending:
     origin: Optional[Experiment] = None  # stacking: the superseded experiment whose change is re-applied
 
 
-class LedgerProxy:
-    """The ledger for every thread: a call from another thread is carried out by the coordinator."""
-
-    def __init__(self, ledger, scheduler: "Scheduler"):
-        self._ledger = ledger
-        self._scheduler = scheduler
-
-    def __getattr__(self, name: str):
-        attribute = getattr(self._ledger, name)
-        if not callable(attribute):
-            return attribute
-        return lambda *args, **kwargs: self._scheduler.call(attribute, *args, **kwargs)
-
-
 class Scheduler:
-    def __init__(self, session: "Session", slots: list["Slot"], queue_size: Optional[int] = None):
+    def __init__(self, session: Session, slots: list[Slot], pipeline: bool):
         self.session = session
         self.slots = slots
-        self.queue_size = queue_size or len(slots) + 1
-        self.owner = threading.current_thread()
-        self.inbox: queue.Queue = queue.Queue()
-        self.cond = threading.Condition()
+        self.pipeline = pipeline
+        self.cond = threading.Condition()  # guards everything below; held to record a proposal's fate and to decide
         self.queue: deque[Pending] = deque()  # proposals waiting for a slot
         self.stacks: deque[Pending] = deque()  # winners to re-apply: before any new proposal
         self.applying: set[Pending] = set()  # taken by a slot, not yet recorded
         self.busy = 0  # slots working on an item
         self.proposing = True
-        self.taken = 0  # proposals taken by slots: they count toward --experiments
+        self.taken = 0  # proposals taken by slots: they count toward `experiments`
         self.made = 0
-        self.stopping = False
-        self.closed = False
+        self.stopping = False  # no new work: a stop request, a limit, Ctrl-C, an error
+        self.interrupted = False  # the runs in flight were interrupted (Ctrl-C, an error)
+        self.paused = False
+        self.announced = False  # "paused" was said: the session holds
         self.reason: Optional[str] = None
         self.error: Optional[BaseException] = None
         self.calibrating = threading.Lock()
         self.experiments: Optional[int] = None
         self.started = 0.0
 
-    # ---------------------------------------------------------------- the coordinator
-
-    def call(self, fn: Callable, *args, **kwargs):
-        """Run `fn` on the coordinator thread and return (or raise) what it does."""
-        if threading.current_thread() is self.owner:
-            return fn(*args, **kwargs)
-        future: Future = Future()
-        with self.cond:
-            if self.closed:
-                raise Stopped()
-            self.inbox.put((future, fn, args, kwargs))
-        return future.result()
-
-    def _serve(self, timeout: float) -> None:
-        try:
-            future, fn, args, kwargs = self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+    # ---------------------------------------------------------------- the main thread
 
     def run(self, experiments: Optional[int], started: float) -> str:
         """Experiments on every slot until `experiments` proposals have been taken (None: until stopped or a
         limit), the agent has no more, or it failed too often; the reason the session ends."""
-        session, ledger = self.session, self.session.ledger
+        session = self.session
         self.experiments, self.started = experiments, started
-        worktrees = {slot.name: session.target.git.add_worktree(session.target.worktrees / slot.name,
-                                                                 session._best_commit()) for slot in self.slots}
-        for origin in self._unstacked(ledger.experiments(session.tag)):
+        for origin in self._unstacked(session.ledger.experiments(session.tag)):
             session.say(f"#{origin.index} was superseded and not yet re-applied: stacking it on the best")
             self.stacks.append(Pending(origin, origin=origin))
-        session.say(f"{len(self.slots)} slots ({', '.join(self._describe(s) for s in self.slots)}), "
-                    f"up to {self.queue_size} proposals ahead")
-        session.ledger = LedgerProxy(ledger, self)
-        threads = [threading.Thread(target=self._slot_main, args=(slot, worktrees[slot.name]), daemon=True,
-                                    name=f"autoresearch-{slot.name}") for slot in self.slots]
+        if self.pipeline:
+            session.say(f"{len(self.slots)} slot{'s' * (len(self.slots) > 1)} "
+                        f"({', '.join(self._describe(s) for s in self.slots)}), up to {self._room()} proposals ahead")
+        threads = [threading.Thread(target=self._slot_main, daemon=True, name=f"autoresearch-slot{i}")
+                   for i in range(len(self.slots))]
         proposer = threading.Thread(target=self._propose_main, daemon=True, name="autoresearch-proposer")
         interrupted = False
         try:
@@ -144,51 +141,70 @@ class Scheduler:
                 thread.start()
             while any(thread.is_alive() for thread in threads):
                 try:
-                    self._serve(0.05)
+                    self._obey(control.read(session.target.state)["command"])
+                    time.sleep(WATCH_SECONDS)
                 except KeyboardInterrupt:
                     if interrupted:
                         raise
                     interrupted = True
-                    self._stop("stopped by the user", override=True)
-                    session.executor.interrupt()
+                    self._stop("stopped by the user", interrupt=True)
         finally:
-            with self.cond:
-                self.closed = True
+            with self.cond:  # the proposer, if it is still at work, gives up
                 self.stopping = True
                 self.cond.notify_all()
-            while not self.inbox.empty():
-                self.inbox.get_nowait()[0].set_exception(Stopped())
-            session.ledger = ledger
         if interrupted:
             raise KeyboardInterrupt
         if self.error is not None:
             raise self.error
         return self.reason or f"done: {self.taken} experiments"
 
+    def _obey(self, command: str) -> None:
+        """The control file's command, between experiments: pause holds new work (and says so once nothing runs),
+        resume lets it go on, stop ends the session once the experiments in flight are recorded."""
+        state = self.session.target.state
+        with self.cond:
+            if command == "stop" and not self.stopping:
+                control.clear(state)  # honoured once: the next session starts normally
+                self._stop(f"{STOPPED} after {self.taken} experiments")
+            self.paused = command == "pause"
+            if self.paused and not self.announced and self.busy == 0:
+                self.announced = True
+                self.session.say(f"paused: waiting for resume (or stop) in {control.path(state)}")
+            elif not self.paused and self.announced:
+                self.announced = False
+                self.session.say("resumed")
+            self.cond.notify_all()
+
     @staticmethod
-    def _describe(slot: "Slot") -> str:
+    def _describe(slot: Slot) -> str:
         where = f"GPU {slot.visible_devices}" if slot.visible_devices is not None else slot.device
         return f"{slot.name}: {where}, {slot.threads} thread{'s' * (slot.threads > 1)}"
 
-    def _stop(self, reason: str, override: bool = False) -> None:
-        """Stop the slots now; `override`: this reason wins over an earlier one (the user's Ctrl-C does)."""
+    def _room(self) -> int:
+        """How many proposals may wait for a slot: none beyond the free slots, unless pipelined."""
+        return len(self.slots) + 1 if self.pipeline else len(self.slots)
+
+    def _stop(self, reason: str, interrupt: bool = False) -> None:
+        """No new work; `interrupt`: stop the runs in flight too (their reason wins over an earlier one)."""
         with self.cond:
-            self.reason = reason if override else self.reason or reason
+            self.reason = reason if interrupt else self.reason or reason
             self.stopping = True
+            self.interrupted = self.interrupted or interrupt
             self.cond.notify_all()
+        if interrupt:
+            self.session.executor.interrupt()
 
     def _end(self, reason: str) -> None:
-        """No more proposals: the session ends once the slots are done."""
+        """No more proposals: the session ends once the slots are done with what is queued."""
         with self.cond:
             self.reason = self.reason or reason
             self.proposing = False
             self.cond.notify_all()
 
     def _fail(self, exc: BaseException) -> None:
-        if not isinstance(exc, Stopped) and not self.stopping:
+        if not self.stopping:
             self.error = self.error or exc
-            self._stop(f"harness error: {type(exc).__name__}: {exc}")
-            self.session.executor.interrupt()
+            self._stop(f"harness error: {type(exc).__name__}: {exc}", interrupt=True)
 
     # ---------------------------------------------------------------- the proposer
 
@@ -198,17 +214,18 @@ class Scheduler:
         try:
             while True:
                 with self.cond:
-                    while not self.stopping and len(self.queue) >= self.queue_size:
+                    while not self.stopping and (self.paused or len(self.queue) + (0 if self.pipeline else self.busy)
+                                                 >= self._room()):
                         self.cond.wait(0.5)
                     if self.stopping:
                         return
                     if self.experiments is not None and self.made >= self.experiments:
                         return
-                reached = session._limit_reached(self.started)
+                reached = session.limit_reached(self.started)
                 if reached:
                     self._end(f"stopped: {reached}")
                     return
-                context = self.call(self._context)
+                context = self._context()
                 try:
                     item = Pending(context.parent, proposal=session.agent.propose(context))
                     failures = 0
@@ -243,18 +260,20 @@ class Scheduler:
                 self.cond.notify_all()
 
     def _context(self) -> Context:
-        """What the agent knows (on the coordinator, so nothing is recorded half-way): the best, its editable
-        files, the history, and the proposals not yet recorded."""
+        """What the agent knows: the best, its editable files, the history, the proposals not yet recorded, and the
+        oldest suggestion that none of them considered."""
         session = self.session
-        best = session.ledger.best(session.tag)
-        config = session.target.config
+        ledger, config = session.ledger, session.target.config
+        with self.cond:  # the ledger and the pending proposals at one instant: each proposal in exactly one of them
+            best = ledger.best(session.tag)
+            history = tuple(ledger.experiments(session.tag))
+            pending = tuple(item.proposal for item in (*self.queue, *self.applying) if item.proposal is not None)
+            waiting = ledger.pending_suggestions(session.tag)
+        considered = {id_ for proposal in pending for id_ in proposal.meta.get("suggestions") or ()}
         files = session.target.git.files_at(
             best.commit, lambda path: scope.matches(path, config.files.editable) and not scope.is_protected(path, config))
-        with self.cond:
-            pending = tuple(item.proposal for item in (*self.queue, *self.applying) if item.proposal is not None)
-        return Context(config, session.target.program(), files, best, session.ledger.baseline(session.tag),
-                       tuple(session.ledger.experiments(session.tag)),
-                       suggestions=tuple(session.ledger.pending_suggestions(session.tag)[:1]), pending=pending)
+        return Context(config, session.target.program(), files, best, ledger.baseline(session.tag), history,
+                       suggestions=tuple(s for s in waiting if s.id not in considered)[:1], pending=pending)
 
     # ---------------------------------------------------------------- the slots
 
@@ -263,7 +282,8 @@ class Scheduler:
             while True:
                 if self.stopping:
                     return None
-                if self.stacks or (self.queue and (self.experiments is None or self.taken < self.experiments)):
+                if not self.paused and (self.stacks or (self.queue and (self.experiments is None
+                                                                        or self.taken < self.experiments))):
                     item = self.stacks.popleft() if self.stacks else self.queue.popleft()
                     if item.origin is None:
                         self.taken += 1
@@ -277,11 +297,14 @@ class Scheduler:
                     return None
                 self.cond.wait(0.5)
 
-    def _slot_main(self, slot: "Slot", worktree: "Git") -> None:
+    def _slot_main(self) -> None:
+        """One experiment after another, each on a slot of the session's (one lent to runs elsewhere comes back
+        when they are done)."""
         try:
             while (item := self._next()) is not None:
                 try:
-                    self._work(item, slot, worktree)
+                    with self.session.slots.take() as (worktree, slot):
+                        self._work(item, slot, worktree)
                 finally:
                     with self.cond:
                         self.applying.discard(item)
@@ -290,37 +313,33 @@ class Scheduler:
         except BaseException as exc:
             self._fail(exc)
 
-    def _work(self, item: Pending, slot: "Slot", worktree: "Git") -> None:
+    def _work(self, item: Pending, slot: Slot, worktree: Git) -> None:
         session = self.session
         if item.failure is not None:
             label, reason, usage = item.failure
-            self.call(self._settle, item, lambda: session._spent(session._reject(item.base, Proposal(label), reason),
-                                                                 usage))
+            self._settle(item, lambda: session.record(item.base, Proposal(label), State.REJECTED, usage, reason=reason))
             return
         with self.calibrating:  # the best gets more runs first when its noise is stale; one slot does it
-            parent = session._recalibrated(worktree, slot, session.ledger.best(session.tag))
+            parent = session.recalibrated_best(worktree, slot)
         experiment = self._begin(item, parent, slot, worktree)
         if experiment is None:
             return
         try:
             decision, runs = session.judged(experiment, worktree, slot, parent)
-        except KeyboardInterrupt:
-            return  # judged recorded it interrupted
         except BaseException:
-            self.call(session.ledger.set_state, experiment.id, State.INTERRUPTED,
-                      reason="the harness failed while it ran")
+            session.ledger.set_state(experiment.id, State.INTERRUPTED, reason="the harness failed while it ran")
             raise
-        self.call(self._decide, experiment, decision, runs, parent)
+        self._decide(experiment, decision, runs, parent)
 
-    def _settle(self, item: Pending, record: Callable):
-        """Record what became of a taken item and forget it as pending, in one step on the coordinator."""
-        try:
-            return record()
-        finally:
-            with self.cond:
+    def _settle(self, item: Pending, record: Callable[[], Experiment]) -> Experiment:
+        """Record what became of a taken item and forget it as pending, in one step (see _context)."""
+        with self.cond:
+            try:
+                return record()
+            finally:
                 self.applying.discard(item)
 
-    def _begin(self, item: Pending, parent: Experiment, slot: "Slot", worktree: "Git") -> Optional[Experiment]:
+    def _begin(self, item: Pending, parent: Experiment, slot: Slot, worktree: Git) -> Optional[Experiment]:
         """Apply the item on `parent` (rebasing it when it was made on another best), check it, commit it and
         record it running; None when it was recorded rejected instead."""
         session = self.session
@@ -329,12 +348,12 @@ class Scheduler:
         usage = proposal.meta.get("usage")
         agent = "stacking" if origin else proposal.meta.get("agent") or session.agent_name
         based_on = origin.parent if origin else item.base.commit
+        where = {"agent": agent, "slot": slot.name, "proposed_on": based_on if based_on != parent.commit else None,
+                 "origin": origin.index if origin else None}
 
         def reject(reason: str, diff: str = "", added: int = 0, removed: int = 0) -> None:
-            self.call(self._settle, item, lambda: session._spent(session._reject(
-                parent, proposal, reason, diff, added, removed, agent=agent, slot=slot.name,
-                proposed_on=based_on if based_on != parent.commit else None,
-                origin=origin.index if origin else None), usage))
+            self._settle(item, lambda: session.record(parent, proposal, State.REJECTED, usage, reason=reason, diff=diff,
+                                                      lines_added=added, lines_removed=removed, **where))
 
         try:
             conflict = self._apply(item, parent, worktree)
@@ -342,9 +361,9 @@ class Scheduler:
             reject(f"malformed proposal: {exc}")
             return None
         if conflict:
-            where = f"#{parent.index} ({parent.commit[:9]})"
-            reject(f"stacking #{origin.index} on {where}: {conflict}" if origin else
-                   f"proposed on #{item.base.index} ({based_on[:9]}); the best moved to {where}, where the change "
+            at = f"#{parent.index} ({parent.commit[:9]})"
+            reject(f"stacking #{origin.index} on {at}: {conflict}" if origin else
+                   f"proposed on #{item.base.index} ({based_on[:9]}); the best moved to {at}, where the change "
                    f"does not apply: {conflict}")
             return None
         changes = worktree.stage_changes()
@@ -354,29 +373,23 @@ class Scheduler:
         if problem:
             reject(problem, diff, added, removed)
             return None
-        rebased = based_on != parent.commit
-        note = f"\nrebased from {based_on} onto {parent.commit}" if rebased else ""
+        note = f"\nrebased from {based_on} onto {parent.commit}" if where["proposed_on"] else ""
         commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {session.tag}: proposed by {agent}{note}")
-        knobs = session._knob_values(worktree.root)
-        experiment = self.call(self._settle, item, lambda: session._took(proposal, session._spent(
-            session.ledger.add_experiment(
-                tag=session.tag, session_id=session.session_id, state=State.RUNNING, parent=parent.commit,
-                commit=commit, description=proposal.description, agent=agent, diff=diff, lines_added=added,
-                lines_removed=removed, knobs=knobs, slot=slot.name, proposed_on=based_on if rebased else None,
-                origin=origin.index if origin else None), usage)))
-        session.update_ref(session._experiment_ref(experiment), commit)
-        if rebased and not origin:
+        experiment = self._settle(item, lambda: session.record(
+            parent, proposal, State.RUNNING, usage, commit=commit, diff=diff, lines_added=added, lines_removed=removed,
+            knobs=session.knobs_at(worktree.root), **where))
+        if where["proposed_on"] and not origin:
             session.say(f"#{experiment.index} was proposed on #{item.base.index}; rebased onto the best #{parent.index}")
         return experiment
 
-    def _apply(self, item: Pending, parent: Experiment, worktree: "Git") -> Optional[str]:
+    def _apply(self, item: Pending, parent: Experiment, worktree: Git) -> Optional[str]:
         """Put the item's change in the worktree on top of `parent`, staged or not; what conflicted, or None."""
         if item.origin is not None:
             base, change = item.origin.parent, item.origin.commit
         else:
             base, change = item.base.commit, None
             worktree.reset_to(base)
-            self.session._apply(worktree, item.proposal)
+            self.session.write_proposal(worktree, item.proposal)
             if base == parent.commit:
                 return None
             worktree.run("add", "-A")
@@ -395,10 +408,8 @@ class Scheduler:
                 return None  # a point of the knob search: the same point, set on the new best
         return conflict
 
-    def _set_knobs(self, worktree: "Git", values: dict) -> bool:
+    def _set_knobs(self, worktree: Git, values: dict) -> bool:
         """Set the knobs to `values` in the worktree's files (the search's proposals are points, not edits)."""
-        from . import knobs
-
         config = self.session.target.config
         declared = {knob.name: knob for knob in config.knobs}
         if not set(values) <= set(declared):
@@ -412,27 +423,29 @@ class Scheduler:
                 return False
         return True
 
-    # ---------------------------------------------------------------- decisions (on the coordinator)
+    # ---------------------------------------------------------------- decisions
 
     def _decide(self, experiment: Experiment, decision, runs: list, parent: Experiment) -> Experiment:
+        """Record the judge's decision, one at a time: a winner whose parent is no longer the best is superseded
+        and its change stacked on the best."""
         session = self.session
-        if self.stopping and decision.state is State.INTERRUPTED:
-            why = "stopped by the user" if self.reason == "stopped by the user" else f"stopped ({self.reason})"
-            decision = dataclasses.replace(decision, reason=f"{why} while it ran")
-        best = session.ledger.best(session.tag)
-        if decision.state is not State.KEPT or best.commit == parent.commit:
-            return session.finish(experiment, decision, runs, parent)
-        stack = self._depth(experiment) < MAX_STACK
-        why = (f"{decision.reason}; but #{best.index} was kept while it ran: " +
-               ("its change is re-applied on the best (stacked)" if stack else
-                f"not re-applied again (a change is stacked at most {MAX_STACK} times)"))
-        finished = session.finish(experiment, dataclasses.replace(decision, state=State.SUPERSEDED, reason=why),
-                                  runs, parent)
-        if stack:
-            with self.cond:
+        with self.cond:
+            if self.interrupted and decision.state is State.INTERRUPTED:
+                why = "stopped by the user" if self.reason == "stopped by the user" else f"stopped ({self.reason})"
+                decision = dataclasses.replace(decision, reason=f"{why} while it ran")
+            best = session.ledger.best(session.tag)
+            if decision.state is not State.KEPT or best.commit == parent.commit:
+                return session.finish(experiment, decision, runs, parent)
+            stack = self._depth(experiment) < MAX_STACK
+            why = (f"{decision.reason}; but #{best.index} was kept while it ran: " +
+                   ("its change is re-applied on the best (stacked)" if stack else
+                    f"not re-applied again (a change is stacked at most {MAX_STACK} times)"))
+            finished = session.finish(experiment, dataclasses.replace(decision, state=State.SUPERSEDED, reason=why),
+                                      runs, parent)
+            if stack:
                 self.stacks.append(Pending(finished, origin=finished))
                 self.cond.notify_all()
-        return finished
+            return finished
 
     def _depth(self, experiment: Experiment) -> int:
         """How many times the change of `experiment` has been re-applied already (0: an agent's proposal)."""

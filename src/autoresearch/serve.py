@@ -81,12 +81,12 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
         return await call_next(request)
 
     @contextmanager
-    def line():
+    def tagged():
         ledger = observe.open_ledger(target)
         try:
             name = tag or (ledger.latest_tag() if ledger else None)
             if ledger is not None and name is not None and ledger.tag(name) is None:
-                raise HTTPException(404, f"no research line {name!r}")
+                raise HTTPException(404, f"no tag {name!r}")
             yield ledger, name
         finally:
             if ledger is not None:
@@ -98,20 +98,19 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
 
     @app.get("/api/summary")
     def summary():
-        with line() as (ledger, name):
+        with tagged() as (ledger, name):
             if name is None:
                 return _json({"tag": None, "target": target.config.target.name,
                               "metric": {"name": target.config.metric.name, "goal": target.config.metric.goal}})
-            return _json(observe.summary(ledger, name, target))
+            return _json(observe.summary(observe.status(ledger, name, target)))
 
     @app.get("/api/experiments")
     def experiments(state: str = "", agent: str = "", q: str = ""):
-        with line() as (ledger, name):
+        with tagged() as (ledger, name):
             if name is None:
                 return _json({"experiments": []})
             found = ledger.experiments(name)
-            extra = observe.optional(ledger, name)
-            rows = {r["id"]: r for r in observe.rows(found, target.config, extra)}
+            rows = {r["id"]: r for r in observe.rows(found, target.config, observe.status(ledger, name, target, found))}
             states = {s for s in state.split(",") if s}
             needle = q.strip().lower()
             chosen = [e for e in found if (not states or e.state.value in states) and (not agent or e.agent == agent)
@@ -121,18 +120,18 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
 
     @app.get("/api/experiments/{index}")
     def experiment(index: int):
-        with line() as (ledger, name):
+        with tagged() as (ledger, name):
             found = ledger.experiments(name) if name else []
             chosen = next((e for e in found if e.index == index), None)
             if chosen is None:
                 raise HTTPException(404, f"no experiment #{index}")
-            row = next(r for r in observe.rows(found, target.config, observe.optional(ledger, name), diffs=True)
-                       if r["id"] == index)
+            status = observe.status(ledger, name, target, found)
+            row = next(r for r in observe.rows(found, target.config, status, diffs=True) if r["id"] == index)
             return _json(row)
 
     @app.get("/api/log/{index}")
     def log(index: int, tail: int = 50):
-        with line() as (ledger, name):
+        with tagged() as (ledger, name):
             chosen = next((e for e in (ledger.experiments(name) if name else []) if e.index == index), None)
             if chosen is None:
                 raise HTTPException(404, f"no experiment #{index}")
@@ -140,7 +139,7 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
 
     @app.get("/api/slots")
     def slots():
-        with line() as (ledger, name):
+        with tagged() as (ledger, name):
             return _json({"slots": observe.in_flight(target, ledger, name) if name else []})
 
     @app.post("/api/suggest")
@@ -148,9 +147,9 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
         text = " ".join(str((await request.json()).get("text", "")).split())
         if not text:
             raise HTTPException(400, "say what to suggest: {\"text\": \"try a cosine schedule\"}")
-        with line() as (ledger, name):
+        with tagged() as (ledger, name):
             if ledger is None:
-                raise HTTPException(409, "no research yet: `autoresearch run` starts a research line")
+                raise HTTPException(409, "no research yet: `autoresearch run` starts a tag")
             suggestion = ledger.add_suggestion(text, name, source="dashboard")
         return _json({"id": suggestion.id, "text": text, "tag": name})
 
@@ -159,7 +158,7 @@ def create_app(target: Target, tag: Optional[str] = None, token: Optional[str] =
         if command not in control.COMMANDS:
             raise HTTPException(404, f"unknown command {command!r}; expected one of {', '.join(control.COMMANDS)}")
         written = control.write(target.state, command, by="dashboard")
-        with line() as (ledger, name):
+        with tagged() as (ledger, name):
             session = observe.session_state(ledger, name, target.state) if name else None
         return _json({**written, "session": session})
 

@@ -1,7 +1,9 @@
-"""The research loop: propose, apply as a commit, run, judge, keep or discard, record. Resumable.
+"""A session on a tag: opening it (the target's lock, recovery), and what one experiment is made of:
+recording it, its runs, the judge's decision, keeping or discarding it; the noise statistics. The loop that drives
+experiments over the slots is scheduler.py.
 
-A research line is a tag; its branch `autoresearch/<tag>` always points at the best commit the
-ledger knows. Each `autoresearch run` is a session on a tag. The ledger is written before git is
+A tag names a line of research; its branch `autoresearch/<tag>` always points at the best commit
+the ledger knows. Each `autoresearch run` is a session on a tag. The ledger is written before git is
 moved, and a session starts by making git agree with the ledger, so a harness killed at any
 moment (SIGKILL included) resumes with nothing lost and nothing counted twice.
 """
@@ -9,7 +11,6 @@ moment (SIGKILL included) resumes with nothing lost and nothing counted twice.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import statistics
 import sys
@@ -19,42 +20,18 @@ from pathlib import Path
 from typing import IO, Callable, Optional
 
 from . import constraints, control, integrity, judge, knobs as knob_values, scope, stats, verify
-from .agents import Agent, AgentError, AgentExhausted, Context, Proposal, ProposalError
+from .agents import Agent, Proposal, ProposalError
 from .budget import Budget
 from .config import LimitsSection
+from .errors import SessionError
 from .costs import dollars
 from .executor import Executor, Slot, kill_leftovers
 from .gitrepo import Git
 from .ledger import Ledger
-from .records import Experiment, Flag, RunState, State
+from .records import Experiment, Flag, RunRecord, RunState, State
 from .runner import Runner, RunSpec
+from .slots import Slots
 from .target import Target
-
-STOPPED = "stopped on request (control file)"
-MAX_AGENT_FAILURES = 5  # consecutive agent errors before the session pauses instead of spinning
-
-
-class SessionError(Exception):
-    """The session cannot start or go on; the message says why and what to do."""
-
-
-def _lock(path: Path) -> IO:
-    """An exclusive lock on the target: two sessions would share worktrees and fight over the branch."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise SessionError(f"another autoresearch session ({holder}) is running on this target") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}")
-    handle.flush()
-    return handle
-
 
 def default_tag() -> str:
     return time.strftime("%b%d").lower()
@@ -71,10 +48,11 @@ class Session:
     budget: Budget
     say: Callable[[str], None] = print
     session_id: Optional[int] = None
-    protected: Optional[dict] = None  # {path: blob} of the protected files at the research line's base
+    protected: Optional[dict] = None  # {path: blob} of the protected files at the tag's base commit
     lock: Optional[IO] = None  # held while the session lives; the OS releases it if the process dies
     limits: LimitsSection = LimitsSection()  # agent spend and wall-clock caps of this session
     refs: Optional[integrity.RefGuard] = None  # every ref update of the harness, so runs can be checked against it
+    slots: Optional[Slots] = None  # the executor's slots with their worktrees, lent to experiments and runs
 
     @property
     def branch(self) -> str:
@@ -92,7 +70,10 @@ class Session:
         if target.config.commands.prepare and not target.data.is_dir():
             raise SessionError(f"no prepared data in {target.data}: run `autoresearch prepare` first")
         git.exclude(f"/{target.state.name}/")
-        lock = _lock(target.state / "session.lock")
+        try:
+            lock = control.lock(target.state)
+        except control.Locked as exc:
+            raise SessionError(str(exc)) from None
         ledger = Ledger(target.ledger_path)
         tag = tag or ledger.latest_tag() or default_tag()
         session = cls(target, ledger, agent, agent_name, executor, tag, budget or target.config.default_budget(),
@@ -101,6 +82,7 @@ class Session:
             session._ensure_tag()
             session._recover()
             session.refs = integrity.RefGuard(git)
+            session.slots = Slots(git, executor, target.worktrees, session.best_commit)
             session.protected = integrity.protected_blobs(git, ledger.tag(tag)["base_commit"], target.config)
             session.session_id = ledger.start_session(tag, agent_name, str(session.budget), sys.argv, os.getpid())
         except BaseException:
@@ -125,7 +107,7 @@ class Session:
                                "so commit or stash them first")
         self.ledger.create_tag(self.tag, self.branch, base)  # the ledger first: _recover makes the branch
         git.update_ref(f"refs/heads/{self.branch}", base)
-        self.say(f"new research line {self.tag!r}: branch {self.branch} from {base[:9]}")
+        self.say(f"new tag {self.tag!r}: branch {self.branch} from {base[:9]}")
 
     def _recover(self) -> None:
         """Make the ledger and git agree after any stop, clean or not."""
@@ -135,19 +117,19 @@ class Session:
             experiment = self.ledger.experiment(experiment_id)
             self.say(f"#{experiment.index} was left unfinished by a stopped harness: recorded as interrupted")
             if experiment.commit:
-                self.target.git.update_ref(self._experiment_ref(experiment), experiment.commit)
-        expected = self._best_commit()
+                self.target.git.update_ref(self.experiment_ref(experiment), experiment.commit)
+        expected = self.best_commit()
         actual = self.target.git.resolve(f"refs/heads/{self.branch}")
         if actual != expected:
             self.target.git.update_ref(f"refs/heads/{self.branch}", expected)
             self.say(f"branch {self.branch} moved to the ledger's best commit {expected[:9]}"
                      + (f" (it was at {actual[:9]})" if actual else ""))
 
-    def _best_commit(self) -> str:
+    def best_commit(self) -> str:
         best = self.ledger.best(self.tag)
         return best.commit if best else self.ledger.tag(self.tag)["base_commit"]
 
-    def _experiment_ref(self, experiment: Experiment) -> str:
+    def experiment_ref(self, experiment: Experiment) -> str:
         return f"refs/autoresearch/{self.tag}/{experiment.index}"
 
     def update_ref(self, ref: str, new: str, old: Optional[str] = None) -> None:
@@ -157,77 +139,26 @@ class Session:
         else:
             self.refs.update(ref, new, old)
 
-    # ---------------------------------------------------------------- the loop
-
-    def run(self, experiments: Optional[int] = None, final_test: bool = True, pipeline: Optional[bool] = None) -> str:
-        """Run the baseline if needed, then `experiments` experiments (None: until stopped or a limit is
-        reached), then the held-out test of the best commit (unless stopped by the user).
-
-        With several slots (or `pipeline`), experiments run concurrently, one per slot, and the agent proposes
-        while they train (scheduler.py); with one slot, one experiment after the other."""
-        started = time.monotonic()
-        slots = self.executor.slots()
-        slot = slots[0]
-        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
-        reason = "stopped"
-        control.clear(self.target.state)  # a pause or stop left from an earlier session does not apply
-        try:
-            if self.ledger.best(self.tag) is None:
-                baseline = self._run_baseline(worktree, slot)
-                if baseline.state is not State.BASELINE:
-                    reason = f"the baseline failed ({baseline.reason}); fix the target and run again"
-                    raise SessionError(reason)
-            if len(slots) > 1 or pipeline:
-                from .scheduler import Scheduler
-
-                reason = Scheduler(self, slots).run(experiments, started)
-            else:
-                reason = self._loop(worktree, slot, experiments, started)
-            self.say(reason)
-            if final_test and experiments != 0 and not reason.startswith(STOPPED):
-                self.heldout_test(self.target.config.judge.final_test_seeds)
-            return reason
-        except KeyboardInterrupt:
-            reason = "stopped by the user"
-            self.say(reason)
-            return reason
-        finally:
-            self.ledger.end_session(self.session_id, reason)
-
-    def _loop(self, worktree: Git, slot: Slot, experiments: Optional[int], started: float) -> str:
-        done, failures = 0, 0
-        try:
-            while experiments is None or done < experiments:
-                reached = self._limit_reached(started)
-                if reached:
-                    return f"stopped: {reached}"
-                if control.hold(self.target.state, self.say):  # the dashboard's pause / stop, between experiments
-                    return f"{STOPPED} after {done} experiments"
-                experiment = self.step(worktree, slot)
-                done += 1
-                failures = failures + 1 if experiment.reason.startswith("agent error") else 0
-                if failures >= MAX_AGENT_FAILURES:
-                    return f"paused: the agent failed {failures} times in a row ({experiment.reason})"
-        except AgentExhausted as exc:
-            return f"the agent has no more proposals: {exc}"
-        return f"done: {done} experiments"
+    # ---------------------------------------------------------------- experiments
 
     def close(self) -> None:
         self.ledger.close()
         if self.lock:
             self.lock.close()
 
-    def _run_baseline(self, worktree: Git, slot: Slot) -> Experiment:
+    def run_baseline(self, worktree: Git, slot: Slot) -> Experiment:
+        """The tag's base commit, run and judged: its baseline (calibrating the noise)."""
         commit = self.ledger.tag(self.tag)["base_commit"]
         worktree.reset_to(commit)
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=None, commit=commit,
-            description="baseline", agent="harness", knobs=self._knob_values(worktree.root), slot=slot.name)
-        self.update_ref(self._experiment_ref(experiment), commit)
+            description="baseline", agent="harness", knobs=self.knobs_at(worktree.root), slot=slot.name)
+        self.update_ref(self.experiment_ref(experiment), commit)
         runs = judge.runs_wanted(self.target.config, baseline=True)
         self.say(f"#{experiment.index} baseline {commit[:9]} ({self.budget}, {runs} run{'s' * (runs > 1)}: "
                  f"{'calibrating the noise' if self.target.config.judge.rule == 'statistical' else 'fixed seeds'})")
-        baseline = self._execute(experiment, worktree, slot, best=None)
+        decision, runs = self.judged(experiment, worktree, slot, None)
+        baseline = self.finish(experiment, decision, runs, None)
         if baseline.state is State.BASELINE and judge.seed_ignored(baseline.metrics):
             from .check import seed_ignored_message
 
@@ -236,51 +167,28 @@ class Session:
             self.say(f"warning: {message}")
         return baseline
 
-    def step(self, worktree: Git, slot: Slot) -> Experiment:
-        """One experiment: propose, check, commit, run, judge, record."""
-        parent = self._recalibrated(worktree, slot, self.ledger.best(self.tag))
-        worktree.reset_to(parent.commit)
-        history = tuple(self.ledger.experiments(self.tag))
-        suggestions = tuple(self.ledger.pending_suggestions(self.tag)[:1])  # `autoresearch suggest`, oldest first
-        context = Context(self.target.config, self.target.program(), self._editable_files(worktree),
-                          parent, self.ledger.baseline(self.tag), history, suggestions)
-        usage = None  # what the proposal cost (LLM agents), recorded with the experiment whatever happens
-        try:
-            proposal = self.agent.propose(context)
-            usage = proposal.meta.get("usage")
-            self._apply(worktree, proposal)
-        except (AgentExhausted, KeyboardInterrupt):
-            raise
-        except ProposalError as exc:
-            return self._spent(self._reject(parent, Proposal("(malformed proposal)"), f"malformed proposal: {exc}"),
-                               getattr(exc, "usage", None) or usage)
-        except AgentError as exc:
-            return self._spent(self._reject(parent, Proposal("(no proposal)"), f"agent error: {exc}"), exc.usage)
-        except Exception as exc:  # an agent's bug or outage is a recorded value, never the loop's end
-            return self._spent(self._reject(parent, Proposal("(no proposal)"),
-                                            f"agent error: {type(exc).__name__}: {exc}"), usage)
-        proposer = proposal.meta.get("agent") or self.agent_name  # a hybrid says which of its agents proposed
-
-        changes = worktree.stage_changes()
-        diff, added, removed = worktree.staged_diff()
-        problem = scope.violation(changes, worktree.root, self.target.config,
-                                  before=lambda path: worktree.run("show", f"HEAD:{path}", check=False))
-        if problem:
-            return self._took(proposal, self._spent(self._reject(parent, proposal, problem, diff, added, removed,
-                                                                 agent=proposer), usage))
-        commit = worktree.commit_all(f"{proposal.description}\n\nautoresearch {self.tag}: proposed by {proposer}")
+    def record(self, parent: Experiment, proposal: Proposal, state: State, usage=None, *, commit: Optional[str] = None,
+               agent: Optional[str] = None, **fields) -> Experiment:
+        """A new experiment of `proposal` on `parent`: rejected, or running at `commit` (its ref made), with what the
+        proposal cost and the suggestions it took up. `fields`: reason, diff, lines_added, lines_removed, knobs,
+        slot, proposed_on, origin."""
         experiment = self.ledger.add_experiment(
-            tag=self.tag, session_id=self.session_id, state=State.RUNNING, parent=parent.commit, commit=commit,
-            description=proposal.description, agent=proposer, diff=diff, lines_added=added,
-            lines_removed=removed, knobs=self._knob_values(worktree.root), slot=slot.name)
-        self._took(proposal, self._spent(experiment, usage))
-        self.update_ref(self._experiment_ref(experiment), commit)
-        return self._execute(experiment, worktree, slot, best=parent)
+            tag=self.tag, session_id=self.session_id, state=state, parent=parent.commit, commit=commit,
+            description=proposal.description, agent=agent or self.agent_name, **fields)
+        if usage is not None and (usage.tokens or usage.requests):
+            self.ledger.add_agent_cost(experiment.id, self.session_id, experiment.agent, usage)
+        taken = proposal.meta.get("suggestions") or ()
+        if taken:
+            self.ledger.take_suggestions(list(taken), experiment.id)
+        if commit:
+            self.update_ref(self.experiment_ref(experiment), commit)
+        if state is State.REJECTED:
+            self._report(experiment, parent)
+        return experiment
 
-    def _execute(self, experiment: Experiment, worktree: Git, slot: Slot, best: Optional[Experiment]) -> Experiment:
-        """Run seeds until the judge decides, then record the decision and move the branch on a keep."""
-        decision, runs = self.judged(experiment, worktree, slot, best)
-        return self.finish(experiment, decision, runs, best)
+    def recalibrated_best(self, worktree: Git, slot: Slot) -> Experiment:
+        """The best, with more runs first when its noise is unknown or stale: the parent of the next experiment."""
+        return self._recalibrated(worktree, slot, self.ledger.best(self.tag))
 
     def judged(self, experiment: Experiment, worktree: Git, slot: Slot, best: Optional[Experiment]):
         """Run seeds until the judge decides (an implausible keep confirmed or not): (decision, runs)."""
@@ -289,9 +197,14 @@ class Session:
         decision = None
         try:
             while decision is None or decision.state is None:  # the judge always decides by its last run
-                run = self.run_once(worktree, slot, experiment.commit, judge.seed(config, len(runs)),
-                                    experiment=experiment)
-                runs.append(run)
+                # a baseline needs all its runs (the noise is calibrated on them): at once, on every free slot; its
+                # first ones (one per slot, at least two) tell whether the seed matters at all (judge.seed_ignored)
+                count = judge.runs_wanted(config, baseline=True) - len(runs) if best is None else 1
+                if best is None and not runs:
+                    count = min(count, max(2, len(self.slots)))
+                runs += self.slots.map([self.job(experiment.commit, judge.seed(config, len(runs) + i),
+                                                 experiment=experiment) for i in range(max(1, count))],
+                                       held=(worktree, slot))
                 decision = self._constrained(experiment, runs, best, judge.decide(
                     runs, best, config, self.noise(runs), experiment.lines_added, experiment.lines_removed))
                 if decision.state is None:
@@ -318,6 +231,10 @@ class Session:
             self._record_noise(finished)
         self._report(finished, best)
         return finished
+
+    def job(self, commit: str, seed: int, **options) -> Callable[[Git, Slot], RunRecord]:
+        """One run of `commit` with `seed` (run_once's options), for `slots.map` to run on whichever slot is free."""
+        return lambda worktree, slot: self.run_once(worktree, slot, commit, seed, **options)
 
     def run_once(self, worktree: Git, slot: Slot, commit: str, seed: int, *, experiment: Optional[Experiment] = None,
                  budget: Optional[Budget] = None, split: str = "val", directory: Optional[Path] = None):
@@ -376,18 +293,17 @@ class Session:
 
     def calibrate(self, seeds: int) -> dict:
         """Run the best commit `seeds` more times (new seeds) and record the noise model; the baseline first."""
-        slot = self.executor.slots()[0]
-        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, self._best_commit())
-        best = self.ledger.best(self.tag)
-        if best is None:
-            best = self._run_baseline(worktree, slot)
-            if best.state is not State.BASELINE:
-                raise SessionError(f"the baseline failed ({best.reason}); fix the target first")
-        used = {run.seed for run in best.runs}
-        new = [seed for seed in range(len(used) + seeds * 2) if seed not in used][:seeds]
-        self.say(f"calibrating #{best.index} ({best.commit[:9]}) with {len(new)} more seeds: {new}")
-        for seed in new:
-            run = self.run_once(worktree, slot, best.commit, seed, experiment=best)
+        with self.slots.take() as (worktree, slot):
+            best = self.ledger.best(self.tag)
+            if best is None:
+                best = self.run_baseline(worktree, slot)
+                if best.state is not State.BASELINE:
+                    raise SessionError(f"the baseline failed ({best.reason}); fix the target first")
+            used = {run.seed for run in best.runs}
+            new = [seed for seed in range(len(used) + seeds * 2) if seed not in used][:seeds]
+            self.say(f"calibrating #{best.index} ({best.commit[:9]}) with {len(new)} more seeds: {new}")
+            done = self.slots.map([self.job(best.commit, seed, experiment=best) for seed in new], held=(worktree, slot))
+        for seed, run in zip(new, done):
             shown = f"{run.metric:.6f}" if run.metric is not None else f"{run.state.value} ({run.reason})"
             self.say(f"  seed {seed}: {self.target.config.metric.name} {shown}")
         best = self.ledger.experiment(best.id)
@@ -400,9 +316,8 @@ class Session:
         """An implausible keep must hold on two more seeds and on the held-out test split."""
         config = self.target.config
         self.say(f"#{experiment.index} {suspicion}: confirming on more seeds and on the test split")
-        while len(runs) < config.judge.max_runs + 2:
-            runs.append(self.run_once(worktree, slot, experiment.commit, judge.seed(config, len(runs)),
-                                      experiment=experiment))
+        runs += self.slots.map([self.job(experiment.commit, judge.seed(config, position), experiment=experiment)
+                                for position in range(len(runs), config.judge.max_runs + 2)], held=(worktree, slot))
         decision = judge.decide(runs, best, config, self.noise(runs), experiment.lines_added, experiment.lines_removed)
         outcome = decision.reason
         if decision.state is State.KEPT and config.commands.evaluate:
@@ -435,10 +350,10 @@ class Session:
         why = "the noise is unknown" if not noise.known else (
             f"the best moved {abs(best.metric - history[-1]['mean']) / noise.sd:.0f} noise sds since the last calibration")
         self.say(f"re-calibrating on #{best.index}: {why}")
-        for seed in [s for s in range(config.judge.calibrate_seeds * 2) if s not in {r.seed for r in best.runs}]:
-            if len(self.ledger.experiment(best.id).metrics) >= config.judge.calibrate_seeds:
-                break
-            self.run_once(worktree, slot, best.commit, seed, experiment=best)
+        seeds = [s for s in range(config.judge.calibrate_seeds * 2) if s not in {r.seed for r in best.runs}]
+        while seeds and (missing := config.judge.calibrate_seeds - len(self.ledger.experiment(best.id).metrics)) > 0:
+            batch, seeds = seeds[:missing], seeds[missing:]  # as many as are missing, at once; again for failed ones
+            self.slots.map([self.job(best.commit, seed, experiment=best) for seed in batch], held=(worktree, slot))
         best = self.ledger.experiment(best.id)
         if best.metrics:
             best = self.ledger.refine_metric(best.id, statistics.fmean(best.metrics))
@@ -450,10 +365,9 @@ class Session:
         best, baseline = self.ledger.best(self.tag), self.ledger.baseline(self.tag)
         if not (seeds and best and baseline and best.id != baseline.id and self.target.config.commands.evaluate):
             return None
-        slot = self.executor.slots()[0]
-        worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, best.commit)
-        return verify.compare(self, worktree, slot, baseline.commit, best.commit, seeds=list(range(seeds)),
-                              split="test", kind="heldout")
+        with self.slots.take() as (worktree, slot):
+            return verify.compare(self, worktree, slot, baseline.commit, best.commit, seeds=list(range(seeds)),
+                                  split="test", kind="heldout")
 
     def _constrained(self, experiment: Experiment, runs: list, best: Optional[Experiment],
                      decision: "judge.Decision") -> "judge.Decision":
@@ -467,31 +381,9 @@ class Session:
         self.ledger.add_flag(experiment.id, Flag("constraint", broken))
         return dataclasses.replace(decision, state=State.DISCARDED, reason=broken)
 
-    def _took(self, proposal: Proposal, experiment: Experiment) -> Experiment:
-        """Record which queued suggestions the proposal behind `experiment` considered (the agent says so)."""
-        taken = proposal.meta.get("suggestions") or ()
-        if taken:
-            self.ledger.take_suggestions(list(taken), experiment.id)
-        return experiment
+    # ---------------------------------------------------------------- caps
 
-    def _reject(self, parent: Experiment, proposal: Proposal, reason: str, diff: str = "", added: int = 0,
-                removed: int = 0, agent: Optional[str] = None, **where) -> Experiment:
-        experiment = self.ledger.add_experiment(
-            tag=self.tag, session_id=self.session_id, state=State.REJECTED, parent=parent.commit, commit=None,
-            description=proposal.description, agent=agent or self.agent_name, diff=diff, lines_added=added,
-            lines_removed=removed, reason=reason, **where)  # where: slot, proposed_on, origin
-        self._report(experiment, parent)
-        return experiment
-
-    # ---------------------------------------------------------------- agent spend and caps
-
-    def _spent(self, experiment: Experiment, usage) -> Experiment:
-        """Record what the proposal behind `experiment` cost (nothing for agents that do not pay)."""
-        if usage is not None and (usage.tokens or usage.requests):
-            self.ledger.add_agent_cost(experiment.id, self.session_id, experiment.agent, usage)
-        return experiment
-
-    def _limit_reached(self, started: float) -> Optional[str]:
+    def limit_reached(self, started: float) -> Optional[str]:
         """Which cap of this session is reached, if any (checked before each proposal)."""
         limits = self.limits
         if limits.max_hours is not None and time.monotonic() - started >= limits.max_hours * 3600:
@@ -511,7 +403,8 @@ class Session:
 
     # ---------------------------------------------------------------- helpers
 
-    def _apply(self, worktree: Git, proposal: Proposal) -> None:
+    def write_proposal(self, worktree: Git, proposal: Proposal) -> None:
+        """Write the proposal's files into the worktree (never outside it, never into .git)."""
         root = worktree.root.resolve()
         for relative, content in proposal.writes.items():
             path = (root / relative).resolve()
@@ -523,13 +416,8 @@ class Session:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content)
 
-    def _editable_files(self, worktree: Git) -> dict[str, str]:
-        tracked = worktree.run("ls-files", "-z").split("\0")
-        return {path: (worktree.root / path).read_text(errors="replace") for path in tracked
-                if path and scope.matches(path, self.target.config.files.editable)
-                and not scope.is_protected(path, self.target.config)}
-
-    def _knob_values(self, root: Path) -> dict:
+    def knobs_at(self, root: Path) -> dict:
+        """The knobs' values in the files under `root` (a worktree)."""
         knobs = self.target.config.knobs
         files = {k.file: (root / k.file).read_text(errors="replace") for k in knobs if (root / k.file).is_file()}
         return knob_values.current(knobs, files)

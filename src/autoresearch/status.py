@@ -1,88 +1,15 @@
-"""`autoresearch status`: a research line at a glance, as text or JSON, read from the ledger."""
+"""`autoresearch status` as text for a terminal: the read model's `status` (observe.py), rendered. `--json` prints
+the same dict as JSON."""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Optional
-
-from . import constraints
-from .config import Config
-from .costs import Usage, dollars
-from .ledger import Ledger
-from .records import Experiment, State
-
-
-def experiment_dict(e: Experiment) -> dict:
-    return {
-        "id": e.index, "state": e.state.value, "metric": e.metric, "commit": e.commit, "parent": e.parent,
-        "description": e.description, "seconds": e.seconds, "agent": e.agent, "reason": e.reason,
-        "lines_added": e.lines_added, "lines_removed": e.lines_removed, "knobs": e.knobs,
-        "effect": e.effect, "effect_se": e.effect_se, "margin": e.margin,
-        "slot": e.slot, "proposed_on": e.proposed_on, "origin": e.origin,
-        "runs": [{"seed": r.seed, "state": r.state.value, "metric": r.metric, "seconds": r.seconds,
-                  "peak_memory_mb": r.peak_memory_mb, "reason": r.reason, "log": r.log_path, "slot": r.slot,
-                  "started_at": r.started_at} for r in e.runs],
-    }
-
-
-def status_dict(ledger: Ledger, tag: str, config: Config) -> dict:
-    experiments = ledger.experiments(tag)
-    best, baseline = ledger.best(tag), ledger.baseline(tag)
-    counts = Counter(e.state.value for e in experiments if e.state is not State.BASELINE)
-    costs = ledger.agent_costs(tag)
-    entries = [experiment_dict(e) for e in experiments]
-    for entry in entries:
-        entry["agent_cost"] = costs[entry["id"]].as_dict() if entry["id"] in costs else None
-    return {
-        "tag": tag,
-        "branch": ledger.tag(tag)["branch"],
-        "metric": {"name": config.metric.name, "goal": config.metric.goal},
-        "best": experiment_dict(best) if best else None,
-        "baseline": experiment_dict(baseline) if baseline else None,
-        "improvement": _improvement(baseline, best, config),
-        "counts": {state.value: counts.get(state.value, 0) for state in State
-                   if state not in (State.BASELINE, State.PROPOSED)},
-        "kept_chain": [e.index for e in experiments if e.state in (State.BASELINE, State.KEPT)],
-        "experiments": entries,
-        "sessions": ledger.sessions(tag),
-        "rejections": [{"id": e.index, "description": e.description, "reason": e.reason}
-                       for e in experiments if e.state is State.REJECTED],
-        "flags": ledger.flags(tag),
-        "noise": ledger.noise_history(tag),
-        "verifications": ledger.verifications(tag),
-        "agent_cost": _spend(costs.values()),
-        "constraints": [{**c.model_dump(), "baseline": _baseline_value(baseline, c.metric),
-                         "text": constraints.describe(c, _baseline_value(baseline, c.metric))}
-                        for c in config.constraints],
-        "suggestions": ledger.suggestions(tag),
-        "slots": ledger.slot_activity(tag),
-    }
-
-
-def _baseline_value(baseline: Optional[Experiment], name: str) -> Optional[float]:
-    return constraints.mean(baseline.runs, name) if baseline else None
-
-
-def _spend(usages) -> dict:
-    """What the agent's proposals cost in all: tokens, dollars (None when any price was unknown)."""
-    usages = list(usages)
-    total = sum(usages, Usage(cost_usd=0.0))
-    models = sorted({u.model for u in usages if u.model})
-    return {**total.as_dict(), "model": ", ".join(models), "proposals": len(usages),
-            "cost_per_proposal_usd": total.cost_usd / len(usages) if usages and total.cost_usd is not None else None,
-            "unpriced_proposals": sum(1 for u in usages if u.cost_usd is None)}
-
-
-def _improvement(baseline: Optional[Experiment], best: Optional[Experiment], config: Config) -> Optional[float]:
-    if not (baseline and best and baseline.ok and best.ok):
-        return None
-    return baseline.metric - best.metric if config.minimize else best.metric - baseline.metric
+from .costs import dollars
 
 
 def render(status: dict) -> str:
     """The status as plain text for a terminal."""
     name = status["metric"]["name"]
-    lines = [f"research line {status['tag']} (branch {status['branch']}), {name} ({status['metric']['goal']})"]
+    lines = [f"tag {status['tag']} (branch {status['branch']}), {name} ({status['metric']['goal']})"]
     baseline, best = status["baseline"], status["best"]
     if baseline is None:
         lines.append("no baseline yet: `autoresearch run` starts with it")

@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from . import config as config_module, programs
 from .config import Config
@@ -76,6 +78,24 @@ def command_argv(command: str) -> list[str]:
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable
     return argv
+
+
+def prepare(target: Target, data: Optional[str] = None, vocab: Optional[int] = None, extra: list = ()) -> int:
+    """`autoresearch prepare`: run the target's prepare command (`--data`, `--vocab` and any further flags passed
+    on); its exit status, 0 when there is nothing to prepare."""
+    command = target.config.commands.prepare
+    if not command:
+        print("this target declares no prepare command; nothing to do")
+        return 0
+    argv = (command_argv(command) + (["--data", data] if data else []) + (["--vocab", str(vocab)] if vocab else [])
+            + list(extra))
+    env = {**os.environ, "AUTORESEARCH_DATA": str(target.data), "AUTORESEARCH_CACHE": str(cache_dir())}
+    target.data.mkdir(parents=True, exist_ok=True)
+    code = subprocess.call(argv, cwd=target.root, env=env)
+    if code != 0:
+        print(f"prepare failed: `{' '.join(argv)}` exited with code {code}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def init(directory: Path, template: str = "gpt", program: str = programs.DEFAULT) -> Path:

@@ -2,8 +2,9 @@
 a longer budget?
 
 The baseline and the candidate run with the same seeds, interleaved (baseline seed 0, candidate
-seed 0, baseline seed 1, ...) so that a machine slowing down or speeding up hits both alike, and
-the effect is estimated from the per-seed differences (paired), with a Student-t interval. A
+seed 0, baseline seed 1, ...; at once on the session's free slots) so that a machine slowing down
+or speeding up hits both alike, and the effect is estimated from the per-seed differences
+(paired), with a Student-t interval. A
 scaled comparison first makes a commit of each side with the scaled constants (e.g. `depth=+2`
 adds 2 to DEPTH, every device's value of it when it is a per-device preset), off the research
 branch, under refs/autoresearch/<tag>/verify/.
@@ -18,18 +19,15 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from scipy.special import stdtrit  # the Student t quantile: scipy.stats would cost seconds to import
 
 from . import knobs, scope
 from .budget import Budget
+from .executor import Slot
+from .gitrepo import Git
 from .records import RunState
-
-if TYPE_CHECKING:
-    from .executor import Slot
-    from .gitrepo import Git
-    from .session import Session
 
 _SCALE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([+\-x*]?)\s*(-?[0-9.]+(?:e-?\d+)?)$")
 
@@ -67,7 +65,7 @@ class Scale:
         return f"{self.name.lower()}={self.op}{amount}"
 
 
-def scaled_commit(worktree: "Git", commit: str, scales: list[Scale], editable: list[str]) -> str:
+def scaled_commit(worktree: Git, commit: str, scales: list[Scale], editable: list[str]) -> str:
     """A commit on top of `commit` with each scaled constant changed in the editable file that defines it."""
     worktree.reset_to(commit)
     files = [p for p in worktree.run("ls-files", "-z").split("\0") if p.endswith(".py") and scope.matches(p, editable)]
@@ -102,10 +100,13 @@ def paired_effect(baseline: list[Optional[float]], candidate: list[Optional[floa
     return {"pairs": len(diffs), "effect": effect, "ci": [low, high], "verdict": verdict}
 
 
-def compare(session: "Session", worktree: "Git", slot: "Slot", baseline_commit: str, candidate_commit: str, *,
+def compare(session, worktree: Git, slot: Slot, baseline_commit: str, candidate_commit: str, *,
             seeds: list[int], split: str, kind: str, budget: Optional[Budget] = None,
             scales: Optional[list[Scale]] = None) -> dict:
-    """Run both commits with `seeds`, interleaved, evaluated on `split`; record and return the summary."""
+    """Run both commits with `seeds`, interleaved, evaluated on `split`; record and return the summary.
+
+    `session` is the open session (session.py, which calls this module: so it is not imported here): its runs,
+    ledger, refs and lines."""
     config = session.target.config
     budget = budget or session.budget
     scales = scales or []
@@ -122,17 +123,23 @@ def compare(session: "Session", worktree: "Git", slot: "Slot", baseline_commit: 
     session.say(f"verify #{verification} ({kind}): baseline {commits['baseline'][:9]} vs candidate "
                 f"{commits['candidate'][:9]}, {split} split, {budget}, seeds {seeds}"
                 + (f", scaled {', '.join(map(str, scales))}" if scales else ""))
-    metrics: dict[str, list[Optional[float]]] = {"baseline": [], "candidate": []}
-    for seed in seeds:
-        for role, commit in commits.items():
+    def job(role: str, commit: str, seed: int):
+        def run_and_record(worktree: Git, slot: Slot):
             run = session.run_once(worktree, slot, commit, seed, budget=budget, split=split,
                                    directory=session.target.runs / session.tag / "verify" / f"{verification:04d}"
                                    / f"{role}-seed{seed}")
             ledger.add_verification_run(verification, role, commit, split, run)
-            metrics[role].append(run.metric if run.state is RunState.OK else None)
             shown = f"{run.metric:.6f}" if run.metric is not None else run.state.value
             session.say(f"  {role:<9} seed {seed}: {config.metric.name} {shown}"
                         + (f"  [{run.reason}]" if run.state is not RunState.OK else ""))
+            return run
+        return run_and_record
+
+    pairs = [(role, commit, seed) for seed in seeds for role, commit in commits.items()]
+    runs = session.slots.map([job(*pair) for pair in pairs], held=(worktree, slot))  # at once, on the free slots
+    metrics: dict[str, list[Optional[float]]] = {"baseline": [], "candidate": []}
+    for (role, _, _), run in zip(pairs, runs):
+        metrics[role].append(run.metric if run.state is RunState.OK else None)
     summary = {
         role: _describe(values) for role, values in metrics.items()
     }

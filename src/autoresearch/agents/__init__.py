@@ -35,7 +35,7 @@ class Context:
     files: dict[str, str]  # the editable files as they are at the parent commit
     parent: Experiment  # the current best: the proposal is applied on top of its commit
     baseline: Experiment
-    history: tuple[Experiment, ...]  # every experiment of this research line, oldest first
+    history: tuple[Experiment, ...]  # every experiment of this tag, oldest first
     suggestions: tuple[Suggestion, ...] = ()  # what the human asked this proposal to consider (`autoresearch suggest`)
     pending: tuple["Proposal", ...] = ()  # proposals made but not yet recorded (several slots): propose others
 
@@ -97,14 +97,11 @@ def available() -> list[str]:
 
 def create(name: str, **options) -> Agent:
     """The agent registered as `name`, constructed with `options`; "A+B" is the hybrid of A (the LLM) and B."""
-    if "+" in name:
-        from .hybrid import HybridAgent
-
+    if "+" in name:  # the hybrid, loaded by name as every built-in is: the registry never imports an agent
         llm, _, search = name.partition("+")
-        return HybridAgent(llm=llm, search=search, **options)
+        return _load(BUILTIN["hybrid"])(llm=llm, search=search, **options)
     if name in BUILTIN:
-        module, _, attr = BUILTIN[name].partition(":")
-        cls = getattr(importlib.import_module(module), attr)
+        cls = _load(BUILTIN[name])
     else:
         found = [ep for ep in entry_points(group="autoresearch.agents") if ep.name == name]
         if not found:
@@ -113,6 +110,11 @@ def create(name: str, **options) -> Agent:
     if "settings" in options and not _accepts(cls, "settings"):
         options.pop("settings")  # [agent] settings go to the agents that take them
     return cls(**options)
+
+
+def _load(spec: str) -> type:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def _accepts(cls, name: str) -> bool:

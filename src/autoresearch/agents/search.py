@@ -1,6 +1,6 @@
 """The search agent: offline numeric search over the target's declared knobs, no LLM.
 
-Optuna's TPE sampler proposes values; it is told every finished experiment of the research line
+Optuna's TPE sampler proposes values; it is told every finished experiment of the tag
 from the ledger (whoever proposed it, using the knob values the harness read from its files), so
 a resumed session continues where it left off. A proposal is a move from the best of one knob,
 or two (`MAX_MOVED`): of TPE's point, the knobs it moves furthest from the best's values, in units of
