@@ -286,6 +286,35 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_transfer(args) -> int:
+    from pydantic import ValidationError
+
+    from . import transfer
+    from .config import TransferSection
+
+    target = Target.open(args.C)
+    given = {"scale": args.scale, "budget": str(args.budget) if args.budget else None, "runs": args.runs,
+             "seeds": args.seeds}
+    given = {key: value for key, value in given.items() if value is not None}
+    if target.config.transfer is None and "scale" not in given:
+        raise UsageError("no [transfer] table in autoresearch.toml and no --scale: say what the larger scale is "
+                         "(see docs/transfer.md), e.g. --scale depth=+2 --budget 600steps --runs 24")
+    base = target.config.transfer.model_dump() if target.config.transfer else {}
+    try:
+        settings = TransferSection.model_validate({**base, **given})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'.'.join(map(str, e['loc'][:1]))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise UsageError(problems) from None
+    line = argparse.Namespace(**{**vars(args), "budget": None})  # --budget is the larger scale's, not the session's
+    with _harness_session(target, "transfer", line) as session:
+        try:
+            summary = transfer.run(session, settings)
+        except transfer.TransferError as exc:
+            raise UsageError(str(exc)) from None
+    return 0 if summary is not None else 1
+
+
 def _live_view(target: Target, tag: str):
     """The Rich live panel while the session runs, on a terminal; nothing elsewhere (plain lines only)."""
     from contextlib import nullcontext
@@ -538,6 +567,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="research line (default: the latest)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("transfer", parents=[common], help="which kept changes still help at a larger scale? the "
+                       "baseline, the best and the best without each kept change, small and large, on the test split")
+    p.add_argument("--scale", action="append", metavar="NAME=+N",
+                   help="the larger scale (default: [transfer] scale): depth=+2, seq_len=x2, batch_size=32")
+    p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget at the larger scale "
+                   "(default: [transfer] budget, else the research line's)")
+    p.add_argument("--runs", type=int, metavar="N", help="the most runs it may spend, both scales (default: "
+                   "[transfer] runs, else 24)")
+    p.add_argument("--seeds", type=int, metavar="K", help="paired seeds per variant and scale (default: [transfer] "
+                   "seeds, else 3)")
+    p.add_argument("--tag", help="research line (default: the latest)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("status", parents=[common], help="the research at a glance")
     p.add_argument("--json", action="store_true", help="machine-readable")

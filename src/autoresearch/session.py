@@ -186,6 +186,7 @@ class Session:
             self.say(reason)
             if final_test and experiments != 0 and not reason.startswith(STOPPED):
                 self.heldout_test(self.target.config.judge.final_test_seeds)
+                self.transfer_at_end()
             return reason
         except KeyboardInterrupt:
             reason = "stopped by the user"
@@ -320,14 +321,16 @@ class Session:
         return finished
 
     def run_once(self, worktree: Git, slot: Slot, commit: str, seed: int, *, experiment: Optional[Experiment] = None,
-                 budget: Optional[Budget] = None, split: str = "val", directory: Optional[Path] = None):
-        """One run of `commit` with `seed`, checked for tampering; an experiment's run is recorded in the ledger."""
+                 budget: Optional[Budget] = None, split: str = "val", directory: Optional[Path] = None,
+                 timeout: Optional[float] = None):
+        """One run of `commit` with `seed`, checked for tampering; an experiment's run is recorded in the ledger.
+        `timeout`: the hard limit, when the session's rule does not fit (a larger model's runs)."""
         if worktree.resolve("HEAD") != commit:
             worktree.reset_to(commit)
         if directory is None:
             directory = self.target.runs / self.tag / f"{experiment.index:05d}" / f"seed{seed}"
         spec = RunSpec(experiment.id if experiment else 0, worktree.root, seed, budget or self.budget,
-                       self._timeout(budget), directory, split=split, commit=commit)
+                       timeout or self._timeout(budget), directory, split=split, commit=commit)
         refs = self.refs.snapshot() if self.refs else self.target.git.refs()
         run = self.executor.execute(Runner(self.target, self.executor, self.protected), spec, slot)
         moved = self.refs.restore(refs) if self.refs else integrity.restore_refs(self.target.git, refs)
@@ -454,6 +457,20 @@ class Session:
         worktree = self.target.git.add_worktree(self.target.worktrees / slot.name, best.commit)
         return verify.compare(self, worktree, slot, baseline.commit, best.commit, seeds=list(range(seeds)),
                               split="test", kind="heldout")
+
+    def transfer_at_end(self) -> Optional[dict]:
+        """[transfer] with at_end: the kept changes at the larger scale (transfer.py); a problem is said, not raised:
+        the research is recorded whatever becomes of its transfer."""
+        settings = self.target.config.transfer
+        if settings is None or not settings.at_end:
+            return None
+        from . import transfer
+
+        try:
+            return transfer.run(self, settings)
+        except transfer.TransferError as exc:
+            self.say(f"transfer: {exc}")
+            return None
 
     def _constrained(self, experiment: Experiment, runs: list, best: Optional[Experiment],
                      decision: "judge.Decision") -> "judge.Decision":
