@@ -251,3 +251,15 @@ def test_transfer_command_bad_input_is_a_clear_error(tmp_path, args, message):
     result = run_cli("transfer", "-C", toy.root, *args)
     assert result.code == 2 and message in result.err, result.text
     assert transfers(toy) == []
+
+
+def test_the_built_in_targets_transfer_example_is_a_valid_table(tmp_path):
+    from autoresearch.target import init
+
+    root = init(tmp_path / "gpt")
+    text = (root / "autoresearch.toml").read_text()
+    assert load(root).transfer is None  # off unless the user turns it on: it spends runs
+    lines = text.split("# [transfer]", 1)[1].splitlines()[:4]
+    (root / "autoresearch.toml").write_text(text + "\n[transfer]\n" + "\n".join(line[2:] for line in lines[1:]) + "\n")
+    settings = load(root).transfer
+    assert settings.scale == ["depth=+2"] and settings.budget == "180s" and settings.runs == 24 and settings.at_end
