@@ -29,7 +29,8 @@ Design
 - Resumable: every finished search and every scoring run is appended to --results (JSON lines) as it comes, with
   the machine's load and the package's commit; a re-run skips what is there (a loop session resumes from its ledger,
   Optuna from its recorded trials).
-- Each run holds /tmp/autoresearch-bench.lock (flock) while it trains, so it never overlaps another benchmark.
+- Each search, and each scoring of a pick, holds /tmp/autoresearch-bench.lock (flock) while it trains, so it never
+  overlaps another benchmark; in between, others may take it.
 
 Not a test: a full collection is ~650 runs (about 2 hours on 2 idle CPU cores at 120 steps).
 """
@@ -115,8 +116,8 @@ def bench_lock():
 
 
 class MeteredExecutor:
-    """The local executor, counting runs: each run holds the benchmark lock, and once `limit` runs were made, a run
-    is recorded interrupted without running and the session is asked to stop (between experiments)."""
+    """The local executor, counting runs: once `limit` runs were made, a run is recorded interrupted without running
+    and the session is asked to stop (between experiments)."""
 
     def __init__(self, inner, limit: int, spent: int = 0, state_dir: Optional[Path] = None):
         self.inner, self.limit, self.spent, self.state_dir = inner, limit, spent, state_dir
@@ -129,8 +130,7 @@ class MeteredExecutor:
             if self.state_dir is not None:
                 control.write(self.state_dir, "stop", by="research_efficiency")
             return RunRecord(spec.experiment_id, spec.seed, RunState.INTERRUPTED, None, reason=SPENT)
-        with bench_lock():
-            record = self.inner.execute(runner, spec, slot)
+        record = self.inner.execute(runner, spec, slot)
         self.spent += 1
         if self.spent >= self.limit and self.state_dir is not None:
             control.write(self.state_dir, "stop", by="research_efficiency")
@@ -398,27 +398,29 @@ def collect(args, results: Results) -> None:
             base = bases[start]
             logfile = open(work / "logs" / f"{start}-score.txt", "a")
             say = _logger(logfile, f"{start} score")
-            score(base, work, start, start_knobs(base), seeds, budget, results, say)
+            with bench_lock():
+                score(base, work, start, start_knobs(base), seeds, budget, results, say)
             for method in args.methods:
                 where = {"start": start, "method": method, "rep": rep, "runs_cap": args.runs, "budget": str(budget)}
                 if not results.find(kind="search", **where):
                     unit = work / "units" / f"{start}-{method}-r{rep}-{args.runs}x{budget}"
                     with open(work / "logs" / f"{unit.name}.txt", "a") as handle:
                         log = _logger(handle, f"{start} {method} r{rep}")
-                        began = machine()
-                        if method in ("stat", "plain"):
-                            outcome = loop_search(base, unit, method, rep, args.runs, budget, log)
-                        else:
-                            outcome = optuna_search(base, unit, method, rep, args.runs, budget, results,
-                                                    {"start": start, "method": method, "rep": rep,
-                                                     "runs_cap": args.runs, "budget": str(budget)}, log)
+                        with bench_lock():
+                            began = machine()
+                            if method in ("stat", "plain"):
+                                outcome = loop_search(base, unit, method, rep, args.runs, budget, log)
+                            else:
+                                outcome = optuna_search(base, unit, method, rep, args.runs, budget, results, where,
+                                                        log)
                     results.add({"kind": "search", **where, **outcome, "began": began,
                                  **machine()})
                     print(f"{start} {method} r{rep}: pick {key(outcome['pick'])} after {outcome['runs']} runs "
                           f"(validation {outcome['val_start']} -> {outcome['val_pick']})", flush=True)
                 row = results.find(kind="search", **where)[-1]
                 if key(row["pick"]) != key(row["start_values"]):
-                    score(base, work, start, row["pick"], seeds, budget, results, say)
+                    with bench_lock():
+                        score(base, work, start, row["pick"], seeds, budget, results, say)
             logfile.close()
 
 
