@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from autoresearch.stats import Noise, Rule, confidence_interval, pooled_noise, verdict
-from autoresearch.verify import Scale, paired_effect
+from autoresearch.scale import Scale
+from autoresearch.verify import paired_effect
 
 RULE = Rule()
 sds = st.floats(min_value=1e-4, max_value=10.0)

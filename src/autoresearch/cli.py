@@ -111,11 +111,12 @@ def cmd_calibrate(args) -> int:
 
 def cmd_verify(args) -> int:
     from . import assemble, verify
+    from .scale import Scale, ScaleError
 
     target = Target.open(args.C)
     try:
-        scales = [verify.Scale.parse(text) for text in args.scale or []]
-    except verify.VerifyError as exc:
+        scales = [Scale.parse(text) for text in args.scale or []]
+    except ScaleError as exc:
         raise UsageError(str(exc)) from None
     if args.seeds < 2:
         raise UsageError("--seeds must be 2 or more: the interval needs pairs")
@@ -131,7 +132,7 @@ def cmd_verify(args) -> int:
                 summary = verify.compare(session, worktree, slot, baseline.commit, candidate,
                                          seeds=list(range(args.seeds)), split=args.split, kind="verify",
                                          budget=args.budget, scales=scales)
-        except verify.VerifyError as exc:
+        except (verify.VerifyError, ScaleError) as exc:
             raise UsageError(str(exc)) from None
     effect = summary["effect"]
     name = target.config.metric.name
@@ -147,6 +148,35 @@ def cmd_verify(args) -> int:
     print(f"gain of the candidate: {effect['effect']:+.6f}{interval} over {effect['pairs']} paired seeds: "
           f"{effect['verdict']}")
     return 0
+
+
+def cmd_transfer(args) -> int:
+    from pydantic import ValidationError
+
+    from . import assemble, transfer
+    from .config import TransferSection
+
+    target = Target.open(args.C)
+    given = {"scale": args.scale, "budget": str(args.budget) if args.budget else None, "runs": args.runs,
+             "seeds": args.seeds}
+    given = {key: value for key, value in given.items() if value is not None}
+    if target.config.transfer is None and "scale" not in given:
+        raise UsageError("no [transfer] table in autoresearch.toml and no --scale: say what the larger scale is "
+                         "(see docs/transfer.md), e.g. --scale depth=+2 --budget 600steps --runs 24")
+    base = target.config.transfer.model_dump() if target.config.transfer else {}
+    try:
+        settings = TransferSection.model_validate({**base, **given})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'.'.join(map(str, e['loc'][:1]))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise UsageError(problems) from None
+    # --budget is the larger scale's, not the session's
+    with assemble.harness_session(target, "transfer", args.tag, None, args.device) as session:
+        try:
+            summary = transfer.run(session, settings)
+        except transfer.TransferError as exc:
+            raise UsageError(str(exc)) from None
+    return 0 if summary is not None else 1
 
 
 def cmd_status(args) -> int:
@@ -390,6 +420,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
     _slots_option(p, "runs at once, one per slot (default: one per visible GPU, else 1)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("transfer", parents=[common], help="which kept changes still help at a larger scale? the "
+                       "baseline, the best and the best without each kept change, small and large, on the test split")
+    p.add_argument("--scale", action="append", metavar="NAME=+N",
+                   help="the larger scale (default: [transfer] scale): depth=+2, seq_len=x2, batch_size=32")
+    p.add_argument("--budget", type=_budget, metavar="SPEC", help="per-run budget at the larger scale "
+                   "(default: [transfer] budget, else the tag's)")
+    p.add_argument("--runs", type=int, metavar="N", help="the most runs it may spend, both scales (default: "
+                   "[transfer] runs, else 24)")
+    p.add_argument("--seeds", type=int, metavar="K", help="paired seeds per variant and scale (default: [transfer] "
+                   "seeds, else 3)")
+    p.add_argument("--tag", help="the tag (default: the latest)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: from autoresearch.toml)")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("status", parents=[common], help="the research at a glance")
     p.add_argument("--json", action="store_true", help="machine-readable")

@@ -246,6 +246,39 @@ class LimitsSection(_Section):
     max_hours: Optional[float] = Field(default=None, gt=0)  # wall-clock hours of one session
 
 
+class TransferSection(_Section):
+    """`[transfer]`: do the kept changes hold at a larger scale? The baseline, the best and the best without each kept
+    change, on the test split at the session's scale and at this one (transfer.py); at a session's end (`at_end`)
+    and with `autoresearch transfer`."""
+
+    scale: list[str] = Field(min_length=1)  # constants changed for the larger scale: "depth=+2", "seq_len=x2", "batch_size=32"
+    budget: Optional[str] = None  # per-run budget at the larger scale (default: the session's)
+    runs: int = Field(default=24, ge=8)  # the most runs it may spend, both scales together (8: baseline and best, 2 seeds)
+    seeds: int = Field(default=3, ge=2, le=50)  # paired seeds per variant and scale (fewer, down to 2, to fit `runs`)
+    at_end: bool = True  # run it when a session ends (false: only `autoresearch transfer`)
+    timeout: Optional[float] = Field(default=None, gt=0)  # seconds per run at the larger scale (default: [budget]
+    # timeout, else 3x the first larger run's wall time + 60)
+
+    @field_validator("scale")
+    @classmethod
+    def _scales_parse(cls, value: list[str]) -> list[str]:
+        from .scale import Scale, ScaleError
+
+        for text in value:
+            try:
+                Scale.parse(text)
+            except ScaleError as exc:
+                raise ValueError(str(exc).removeprefix("--scale ")) from None
+        return value
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_parses(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            Budget.parse(value)
+        return value
+
+
 class Config(_Section):
     target: TargetSection = TargetSection()
     commands: Commands
@@ -259,6 +292,7 @@ class Config(_Section):
     constraints: list[Constraint] = []
     agent: AgentSection = AgentSection()
     limits: LimitsSection = LimitsSection()
+    transfer: Optional[TransferSection] = None
 
     @model_validator(mode="after")
     def _knobs_are_editable(self) -> "Config":

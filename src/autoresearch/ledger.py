@@ -176,6 +176,34 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE verification_runs ADD COLUMN slot TEXT;
         ALTER TABLE verification_runs ADD COLUMN started_at REAL;
     """),
+    ("008_transfer", """
+        CREATE TABLE transfers (
+            id INTEGER PRIMARY KEY,
+            tag TEXT NOT NULL REFERENCES tags(tag),
+            session_id INTEGER REFERENCES sessions(id),
+            settings TEXT NOT NULL DEFAULT '{}',
+            summary TEXT,
+            created_at REAL NOT NULL,
+            finished_at REAL
+        );
+        CREATE TABLE transfer_runs (
+            id INTEGER PRIMARY KEY,
+            transfer_id INTEGER NOT NULL REFERENCES transfers(id),
+            scale TEXT NOT NULL,
+            variant TEXT NOT NULL,
+            commit_sha TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            split TEXT NOT NULL,
+            budget TEXT NOT NULL,
+            state TEXT NOT NULL,
+            metric REAL,
+            seconds REAL NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '',
+            log_path TEXT NOT NULL DEFAULT '',
+            finished_at REAL NOT NULL
+        );
+        CREATE INDEX transfer_runs_by_transfer ON transfer_runs(transfer_id);
+    """),
 ]
 
 _EXPERIMENT_COLUMNS = ("id, tag, idx, state, parent, commit_sha, description, agent, diff, lines_added, "
@@ -509,6 +537,43 @@ class Ledger:
                                            "log_path", "slot", "started_at"), r)) for r in runs]})
         return out
 
+    # ---------------------------------------------------------------- transfer to a larger scale (transfer.py)
+
+    def start_transfer(self, tag: str, session_id: Optional[int], settings: dict) -> int:
+        with self._transaction():
+            return self.db.execute("INSERT INTO transfers (tag, session_id, settings, created_at) VALUES (?, ?, ?, ?)",
+                                   (tag, session_id, json.dumps(settings), time.time())).lastrowid
+
+    def add_transfer_run(self, transfer_id: int, scale: str, variant: str, commit: str, split: str, budget: str,
+                         run: RunRecord) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO transfer_runs (transfer_id, scale, variant, commit_sha, seed, split, budget, state, metric, "
+                "seconds, reason, log_path, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (transfer_id, scale, variant, commit, run.seed, split, budget, RunState(run.state).value, run.metric,
+                 run.seconds, run.reason, run.log_path, time.time()))
+
+    def finish_transfer(self, transfer_id: int, summary: dict) -> None:
+        with self._transaction():
+            self.db.execute("UPDATE transfers SET summary = ?, finished_at = ? WHERE id = ?",
+                            (json.dumps(summary), time.time(), transfer_id))
+
+    def transfers(self, tag: str) -> list[dict]:
+        """Every transfer of the line, oldest first, with its settings (the plan), runs and summary (None while it
+        runs, or when it was stopped)."""
+        out = []
+        for id_, session_id, settings, summary, created, finished in self.db.execute(
+                "SELECT id, session_id, settings, summary, created_at, finished_at FROM transfers WHERE tag = ? "
+                "ORDER BY id", (tag,)).fetchall():
+            runs = self.db.execute("SELECT scale, variant, commit_sha, seed, split, budget, state, metric, seconds, "
+                                   "reason, log_path FROM transfer_runs WHERE transfer_id = ? ORDER BY id",
+                                   (id_,)).fetchall()
+            out.append({"id": id_, "session_id": session_id, "settings": json.loads(settings),
+                        "summary": json.loads(summary) if summary else None, "created_at": created,
+                        "finished_at": finished,
+                        "runs": [dict(zip(("scale", "variant", "commit", "seed", "split", "budget", "state", "metric",
+                                           "seconds", "reason", "log_path"), r)) for r in runs]})
+        return out
 
     # ---------------------------------------------------------------- suggestions from the human
 

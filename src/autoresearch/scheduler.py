@@ -41,7 +41,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import control, knobs, scope
+from . import control, knobs, scope, transfer
 from .agents import AgentError, AgentExhausted, Context, Proposal, ProposalError
 from .errors import SessionError
 from .executor import Slot
@@ -76,6 +76,7 @@ def run(session: Session, experiments: Optional[int] = None, final_test: bool = 
         session.say(reason)
         if final_test and experiments != 0 and not reason.startswith(STOPPED):
             session.heldout_test(session.target.config.judge.final_test_seeds)
+            transfer.at_end(session)
         return reason
     except KeyboardInterrupt:
         reason = "stopped by the user"

@@ -237,14 +237,16 @@ class Session:
         return lambda worktree, slot: self.run_once(worktree, slot, commit, seed, **options)
 
     def run_once(self, worktree: Git, slot: Slot, commit: str, seed: int, *, experiment: Optional[Experiment] = None,
-                 budget: Optional[Budget] = None, split: str = "val", directory: Optional[Path] = None):
-        """One run of `commit` with `seed`, checked for tampering; an experiment's run is recorded in the ledger."""
+                 budget: Optional[Budget] = None, split: str = "val", directory: Optional[Path] = None,
+                 timeout: Optional[float] = None):
+        """One run of `commit` with `seed`, checked for tampering; an experiment's run is recorded in the ledger.
+        `timeout`: the hard limit, when the session's rule does not fit (a larger model's runs)."""
         if worktree.resolve("HEAD") != commit:
             worktree.reset_to(commit)
         if directory is None:
             directory = self.target.runs / self.tag / f"{experiment.index:05d}" / f"seed{seed}"
         spec = RunSpec(experiment.id if experiment else 0, worktree.root, seed, budget or self.budget,
-                       self._timeout(budget), directory, split=split, commit=commit)
+                       timeout or self._timeout(budget), directory, split=split, commit=commit)
         refs = self.refs.snapshot() if self.refs else self.target.git.refs()
         run = self.executor.execute(Runner(self.target, self.executor, self.protected), spec, slot)
         moved = self.refs.restore(refs) if self.refs else integrity.restore_refs(self.target.git, refs)

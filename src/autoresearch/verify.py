@@ -28,41 +28,10 @@ from .budget import Budget
 from .executor import Slot
 from .gitrepo import Git
 from .records import RunState
-
-_SCALE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([+\-x*]?)\s*(-?[0-9.]+(?:e-?\d+)?)$")
-
+from .scale import Scale, ScaleError
 
 class VerifyError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class Scale:
-    """One constant changed for a scaled comparison: NAME=+N, NAME=-N, NAME=xF or NAME=V."""
-
-    name: str
-    op: str
-    amount: float
-
-    @classmethod
-    def parse(cls, text: str) -> "Scale":
-        match = _SCALE.match(text.strip())
-        if not match:
-            raise VerifyError(f"--scale {text!r}: expected NAME=+N, NAME=-N, NAME=xF or NAME=VALUE (e.g. depth=+2)")
-        name, op, amount = match.groups()
-        return cls(name.upper(), "x" if op == "*" else op, float(amount))
-
-    def apply(self, value):
-        if isinstance(value, dict):
-            return {key: self.apply(v) for key, v in value.items()}
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise VerifyError(f"{self.name} is {value!r}, not a number")
-        new = {"+": value + self.amount, "-": value - self.amount, "x": value * self.amount, "": self.amount}[self.op]
-        return int(round(new)) if isinstance(value, int) else float(new)
-
-    def __str__(self) -> str:
-        amount = f"{self.amount:g}"
-        return f"{self.name.lower()}={self.op}{amount}"
 
 
 def scaled_commit(worktree: Git, commit: str, scales: list[Scale], editable: list[str]) -> str:
@@ -79,7 +48,7 @@ def scaled_commit(worktree: Git, commit: str, scales: list[Scale], editable: lis
             (worktree.root / path).write_text(knobs.set_value(source, scale.name, scale.apply(value)))
             break
         else:
-            raise VerifyError(f"no editable file defines a constant {scale.name} (looked in {', '.join(files)})")
+            raise ScaleError(f"no editable file defines a constant {scale.name} (looked in {', '.join(files)})")
     return worktree.commit_all("autoresearch verify: " + ", ".join(map(str, scales)))
 
 
