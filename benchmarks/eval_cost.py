@@ -50,7 +50,8 @@ def main() -> None:
             evaluators["reference"] = "evaluate_reference.py"
         model = Path(work) / "model"
         env = {**os.environ, "AUTORESEARCH_DATA": str(target.data / "train"), "AUTORESEARCH_OUT": str(model),
-               "AUTORESEARCH_SEED": "0", "AUTORESEARCH_DEVICE": args.device, "AUTORESEARCH_BUDGET_STEPS": str(args.steps)}
+               "AUTORESEARCH_SEED": "0", "AUTORESEARCH_DEVICE": args.device,
+               "AUTORESEARCH_BUDGET_STEPS": str(args.steps)}
         subprocess.run([sys.executable, "train.py"], cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
 
         executor = LocalExecutor(args.device)
@@ -94,8 +95,9 @@ def main() -> None:
         for name, values in walls.items():
             print(f"{name:10s} mean {statistics.fmean(values):.2f}s (min {min(values):.2f}s, max {max(values):.2f}s)")
         if "reference" in walls:
-            print(f"current / reference: {statistics.fmean(walls['current']) / statistics.fmean(walls['reference']):.3f}"
-                  f" (medians {statistics.median(walls['current']) / statistics.median(walls['reference']):.3f})")
+            current, reference = walls["current"], walls["reference"]
+            print(f"current / reference: means {statistics.fmean(current) / statistics.fmean(reference):.3f}, "
+                  f"medians {statistics.median(current) / statistics.median(reference):.3f}")
         print(f"load after: {os.getloadavg()}")
 
 

@@ -285,7 +285,7 @@ def _model(spec: tuple, channel_fd: int, out_w: int, problem: str) -> int:
     os.dup2(out_w, 2)
     os.dup2(channel_fd, 3)
     os.closerange(4, _max_fd())  # the evaluator's and the other model processes' descriptors among them
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # the evaluator's may have written elsewhere (a test's capture)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # the evaluator's may write elsewhere (a test's capture)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     channel = socket.socket(fileno=3)
     if not problem:

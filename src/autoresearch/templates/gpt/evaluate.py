@@ -124,8 +124,8 @@ def evaluate(scorer, path, data_dir, split, meta, device, eval_tokens, threads=0
         if not os.path.exists(file):
             fail(f"{file} not found: run prepare.py first")
     total = sum(weight for _, weight, _ in files)
-    sources = [scoring.Source(np.memmap(file, dtype=np.uint16, mode="r"), max(seq_len, round(eval_tokens * weight / total)))
-               for _, weight, file in files]
+    sources = [scoring.Source(np.memmap(file, dtype=np.uint16, mode="r"),
+                              max(seq_len, round(eval_tokens * weight / total))) for _, weight, file in files]
     try:
         result = scorer.score(load_model, (path, str(device), threads), sources, seq_len=seq_len,
                               token_bytes=meta["token_bytes"], vocab_size=meta["vocab_size"], batch=EVAL_BATCH,
