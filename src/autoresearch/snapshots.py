@@ -34,8 +34,8 @@ MANIFEST = "snapshots.json"
 class Watcher:
     """Snapshots of the files of `directory` matching `patterns`, into `into`, from now until `stop()`."""
 
-    def __init__(self, directory: Path, patterns: list[str], into: Path):
-        self.directory, self.patterns, self.into = Path(directory), list(patterns), Path(into)
+    def __init__(self, directory: Path, patterns: list[str], into: Path, poll: float = POLL_SECONDS):
+        self.directory, self.patterns, self.into, self.poll = Path(directory), list(patterns), Path(into), poll
         shutil.rmtree(self.into, ignore_errors=True)
         self.into.mkdir(parents=True)
         self.started = time.monotonic()
@@ -65,7 +65,7 @@ class Watcher:
         return path
 
     def _watch(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
+        while not self._stop.wait(self.poll):
             self.look()
 
     def look(self) -> None:
