@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jail import require_jail
 from toy import quick_judge, run_cli
 
 TINY = {"DEPTH": "1", "ASPECT": "64", "HEAD_DIM": "32", "SEQ_LEN": "32", "BATCH_SIZE": "8"}
@@ -72,15 +73,6 @@ def status(root: Path, tag: str = "p") -> dict:
     result = run_cli("status", "-C", root, "--json", "--tag", tag)
     assert result.code == 0, result.text
     return json.loads(result.out)
-
-
-def sandboxed() -> bool:
-    """Whether runs are jailed on this machine (the sandbox, where it is part of autoresearch)."""
-    try:
-        from autoresearch import sandbox
-    except ImportError:
-        return False
-    return sandbox.unavailable() is None
 
 
 def edit(path: str, old: str, new: str) -> dict:
@@ -180,8 +172,7 @@ def test_data_the_sampler_cannot_read_the_validation_mix(data_program):
 @pytest.mark.slow
 def test_data_a_read_around_the_guard_gets_nothing_in_the_sandbox(data_program):
     """The guard sees Python's own file opens; a subprocess reads around it. Only the sandbox stops that."""
-    if not sandboxed():
-        pytest.skip("runs are not jailed on this machine: a subprocess can read what the in-process guard cannot see")
+    require_jail()  # a subprocess reads what the in-process guard cannot see: the jail is what stops it
     root, _ = data_program
     cat = edit("sampler.py", "    rng = np.random.default_rng(seed)\n",
                "    rng = np.random.default_rng(seed)\n"
