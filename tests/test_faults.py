@@ -4,7 +4,7 @@ The target is the guarded toy of toy.py: train.py (editable) writes its constant
 output, and a protected evaluate.py scores them with a number kept in the validation split. For each attack the
 test asserts the experiment's state and reason, that the loop went on to the next proposal, and
 that the ledger and git agree (the branch is at the best commit, nothing is left running). The
-README's threat model lists the same attacks with the guard that stops each.
+threat model in docs/security.md lists the same attacks with the guard that stops each.
 """
 
 from __future__ import annotations
