@@ -6,7 +6,8 @@ Makes a fresh built-in target, prepares its data, trains one model (a few steps:
 depend on how good the model is), then runs the target's evaluate command on it through the harness's own
 Runner settings and local executor: the jail, the limits, the scrubbed environment, forked from a warm server
 as in a session (one unmeasured evaluation first starts the server). With --reference, an older evaluate.py
-(e.g. `git show main:src/autoresearch/templates/gpt/evaluate.py > /tmp/old.py`) is run on the same model,
+(the one that imported train.py into its own process:
+`git show 2b0dfab:src/autoresearch/templates/gpt/evaluate.py > /tmp/old.py`) is run on the same model,
 alternating with the current one, so that both see the same machine load. Prints per evaluation its wall time
 (the job, from the harness's side) and the evaluator's own eval_seconds, then the mean of each and their ratio.
 Not a test: it takes a minute or more, and a shared machine moves it (hold /tmp/autoresearch-bench.lock).
@@ -79,7 +80,8 @@ def main() -> None:
             return result.seconds, json.loads((out / "metrics.json").read_text())
 
         print(f"device {args.device} | data {args.data} | model trained {args.steps} steps | load {os.getloadavg()}")
-        print(f"{'evaluator':10s} {'run':>3s} {'wall':>7s} {'eval_seconds':>12s} {'val_bpb':>9s}")
+        print(f"{'evaluator':10s} {'run':>3s} {'wall':>7s} {'eval_seconds':>12s} {'val_bpb':>9s} {'tokens':>8s} "
+              f"{'probes (largest difference, nats)':>34s}")
         walls: dict[str, list[float]] = {name: [] for name in evaluators}
         try:
             for run in range(-1, args.runs):  # run -1: each evaluator's server starts, not measured
@@ -88,8 +90,10 @@ def main() -> None:
                     if run < 0:
                         continue
                     walls[name].append(wall)
+                    probes = (f"{metrics['probes']} ({metrics['probe_max_diff']:.3g})" if "probes" in metrics
+                              else "-")
                     print(f"{name:10s} {run:3d} {wall:6.2f}s {metrics.get('eval_seconds', float('nan')):11.2f}s "
-                          f"{metrics['val_bpb']:9.4f}")
+                          f"{metrics['val_bpb']:9.4f} {metrics.get('eval_tokens', 0):8d} {probes:>34s}")
         finally:
             executor.close()
         for name, values in walls.items():

@@ -48,6 +48,7 @@ from . import modelproc
 PROBES = 0.1      # share of each model process's windows that the other one is also given, as a variant
 MIN_PROBES = 4    # at least this many per model process
 MEAN_Z = 5.0      # standard errors by which the mean difference at the change may exceed tolerance / 10
+PIPELINE_BYTES = 1 << 17  # a request sent ahead must fit in a socket's buffer (the model is not reading then)
 
 
 class NotCausal(Exception):
@@ -109,6 +110,7 @@ class Scorer:
         """Score the model that `load(*args)` makes in each model process. Raises NotCausal, modelproc.ModelError
         (the model failed), ValueError (too little data)."""
         rng = np.random.default_rng(secrets.randbits(128))
+        pipeline = pipeline and 4 * batch * seq_len <= PIPELINE_BYTES
         token_bytes = torch.as_tensor(np.asarray(token_bytes), dtype=torch.int64)
         windows = [_windows(s.tokens, seq_len, s.n_targets) for s in sources]
         owners = [(np.arange(len(w)) + rng.integers(2)) % 2 for w in windows]
@@ -181,10 +183,12 @@ def _probes(windows: list[np.ndarray], owners: list[np.ndarray], owner: int, sco
     for s, i in picks:
         original = windows[s][i, :-1]
         donors = np.flatnonzero(owners[s] == owner)
+        donors = donors[donors != i]  # the other text comes from the owner's other windows
         for _ in range(4):  # a donor whose text differs from the original right after the cut
             cut = int(rng.integers(1, seq_len))
-            donor = windows[s][rng.choice(donors), :-1]  # inputs only: never a scored window's last target
-            if len(donors) == 1 or np.array_equal(donor[cut:], original[cut:]):
+            if len(donors):
+                donor = windows[s][rng.choice(donors), :-1]  # inputs only: never a scored window's last target
+            if not len(donors) or np.array_equal(donor[cut:], original[cut:]):
                 donor = (original + 1 + rng.integers(vocab_size - 1, size=seq_len)) % vocab_size
             changed = np.flatnonzero(donor[cut:] != original[cut:])
             if len(changed):
