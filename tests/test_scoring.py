@@ -132,6 +132,15 @@ def test_an_honest_model_is_scored_on_every_window_once_by_the_cross_entropy_com
     assert result.probes >= 2 * scoring.MIN_PROBES and result.max_difference == 0.0
 
 
+def test_the_cuda_path_bf16_logits_and_a_batch_sent_ahead_scores_the_same_on_a_cpu():
+    """What evaluate.py does on CUDA (logits in bf16, the next batch asked for while one is scored), run here."""
+    exact = score(bigram)
+    result = score(bigram, transport=torch.bfloat16, pipeline=True)
+    assert result.targets == exact.targets and result.bytes == exact.bytes
+    assert result.nats[0] == pytest.approx(exact.nats[0], rel=1e-2)  # bf16 keeps 8 bits of each logit
+    assert result.max_difference == 0.0  # both processes round the same logits the same way
+
+
 def test_separator_targets_count_for_nothing():
     token_bytes = TOKEN_BYTES.copy()
     token_bytes[0] = 0  # token 0 stands for no text
