@@ -419,12 +419,16 @@ def _own_proc_and_no_capabilities() -> str:
     """In the model process (pid 1 of its namespace): a /proc showing only its namespace, then no capabilities."""
     from . import launcher
 
+    problem = ""
     try:
         launcher.mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError as exc:  # a container's masked /proc: the other processes stay visible (not their memory)
+        problem = f"no /proc of its own: {exc}"
+    try:
         launcher.drop_capabilities()
     except OSError as exc:
-        return str(exc)
-    return ""
+        problem = problem or str(exc)
+    return problem
 
 
 def _die_with_parent() -> None:
