@@ -1,8 +1,8 @@
 """The dashboard and the report in a real headless Chromium, driven by Playwright.
 
-The browser is the system's Chromium (Debian: `apt-get install chromium`), found on PATH or named by
-AUTORESEARCH_CHROMIUM; Playwright's own browser downloads are not used. Without one these tests fail
-with a message saying how to install it (set AUTORESEARCH_SKIP_BROWSER=1 to skip them knowingly).
+The browser is found by tests/chromium.py: AUTORESEARCH_CHROMIUM, a Chromium or Chrome on the system
+(Debian's `chromium`), or Playwright's own; `make test` installs one where none is. Without one these
+tests fail with a message saying how to install it (set AUTORESEARCH_SKIP_BROWSER=1 to skip them knowingly).
 With AUTORESEARCH_SCREENSHOTS=DIR the screenshots are also written there (those in README.md and
 docs/commands.md come from `AUTORESEARCH_SCREENSHOTS=docs/img pytest tests/test_browser.py`).
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import chromium
 from autoresearch import control, observe
 from autoresearch.records import State
 from autoresearch.serve import create_app
@@ -29,18 +30,14 @@ POLL_MS = 200
 
 
 def chromium_path() -> str:
-    named = os.environ.get("AUTORESEARCH_CHROMIUM")
-    if named:
-        return named
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
+    found = chromium.find()
+    if found:
+        return found
     if os.environ.get("AUTORESEARCH_SKIP_BROWSER") == "1":
         pytest.skip("no Chromium and AUTORESEARCH_SKIP_BROWSER=1: the browser tests did not run")
-    pytest.fail("the browser tests need Chromium: install Debian's package (`sudo apt-get install chromium`), or "
-                "set AUTORESEARCH_CHROMIUM=/path/to/chrome (AUTORESEARCH_SKIP_BROWSER=1 skips these tests)",
-                pytrace=False)
+    pytest.fail("the browser tests need Chromium: `python tests/chromium.py --install` (which `make test` runs) "
+                "installs one, or set AUTORESEARCH_CHROMIUM=/path/to/chrome (AUTORESEARCH_SKIP_BROWSER=1 skips "
+                "these tests)", pytrace=False)
 
 
 @pytest.fixture(scope="module")

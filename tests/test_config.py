@@ -41,6 +41,22 @@ BROKEN = [
     ("unbalanced quote", CONFIG.replace('train = "python train.py"', "train = \"python 'train.py\""),
      "commands.train", "not a valid command line"),
     ("negative min_effect", CONFIG.replace('rule = "plain"', "min_effect = -1"), "judge.min_effect", "greater than or equal to 0"),
+    ("pattern without a group", CONFIG.replace('source = "stdout"', "source = \"stdout\"\npattern = 'loss [0-9.]+'"),
+     "metric.pattern", "exactly one group"),
+    ("pattern with two groups", CONFIG.replace('source = "stdout"', "source = \"stdout\"\npattern = '(a)(b)'"),
+     "metric.pattern", "this one has 2"),
+    ("pattern not a regex", CONFIG.replace('source = "stdout"', "source = \"stdout\"\npattern = '(['"),
+     "metric.pattern", "not a valid regular expression"),
+    ("pattern with json", CONFIG.replace('source = "stdout"', "source = \"json\"\npattern = '(x)'"),
+     "metric", 'needs source = "stdout"'),
+    ("knob file of unknown format", CONFIG.replace('editable = ["train.py", "lib/*.py"]', 'editable = ["*"]')
+     + KNOB.format(name="lr", file="train.cfg", extra="low = 0.1\nhigh = 1"), "knobs.2",
+     "cannot tell the format of 'train.cfg'"),
+    ("flag without dashes", CONFIG.replace('editable = ["train.py", "lib/*.py"]', 'editable = ["*"]')
+     + KNOB.format(name="lr", file="run.sh", extra='flag = "lr"\nlow = 0.1\nhigh = 1'), "knobs.2",
+     "a command-line option such as '--learning-rate'"),
+    ("python knob not a name", CONFIG + KNOB.format(name="optimizer.lr", file="train.py", extra="low = 0.1\nhigh = 1"),
+     "knobs.2", "a top-level name"),
 ]
 
 

@@ -107,3 +107,7 @@ def test_the_demo_runs_offline_end_to_end(tmp_path):
     assert [e.index for e in experiments] == [0, 1, 2]
     assert experiments[0].state.value == "baseline" and len(experiments[0].runs) == 3  # the demo's quicker judge
     assert all(e.state.value in ("kept", "discarded") for e in experiments[1:])
+    assert experiments[1].description.startswith("MATRIX_LR 0.002 -> ")  # below its range: moved first, alone
+    report = tmp_path / "demo" / ".autoresearch" / "report" / "report.html"
+    assert report.exists() and f"open {report.resolve().as_uri()}" in result.out
+    assert " serve -C " in result.out and "http://127.0.0.1:8765" in result.out

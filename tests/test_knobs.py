@@ -106,3 +106,73 @@ def test_set_missing_constant_is_a_knob_error():
 def test_format_value_keeps_four_significant_digits_and_the_type(value, text):
     assert knobs.format_value(value) == text
     assert type(ast.literal_eval(text)) is type(value)
+
+
+# ---------------------------------------------------------------- knobs in flags and config files
+
+from autoresearch.config import Knob  # noqa: E402
+
+CONFIG_FILES = {
+    "config.yaml": "# optimizer settings\noptimizer:\n  lr: 0.001   # the learning rate\n  betas: [0.9, 0.95]\nsteps: 100\n",
+    "config.json": '{\n  "optimizer": {"lr": 0.001, "betas": [0.9, 0.95]},\n  "steps": 100\n}\n',
+    "config.toml": "steps = 100\n\n[optimizer]\nlr = 1e-3  # the learning rate\nbetas = [0.9, 0.95]\n",
+    "config.py": "# nanoGPT-style config\nlearning_rate = 1e-3  # the learning rate\nmax_iters = 100\n",
+}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_FILES))
+def test_a_config_file_key_is_read_and_set_with_only_its_value_changed(path):
+    key = "learning_rate" if path.endswith(".py") else "optimizer.lr"
+    knob = Knob(name="lr", file=path, key=key, low=1e-5, high=1e-1, log=True)
+    text = CONFIG_FILES[path]
+    assert knobs.get(knob, text) == 0.001
+    for value in (0.0005, 1e-05, 0.02):
+        edited = knobs.put(knob, text, value)
+        assert knobs.get(knob, edited) == pytest.approx(value)
+        changed = [(a, b) for a, b in zip(text.splitlines(), edited.splitlines()) if a != b]
+        assert len(changed) == 1 and len(text.splitlines()) == len(edited.splitlines())
+        assert "the learning rate" in changed[0][1] or path.endswith(".json")  # the comment stays
+
+
+def test_an_int_key_of_a_config_file_stays_an_int():
+    knob = Knob(name="steps", file="config.yaml", type="int", low=10, high=1000)
+    edited = knobs.put(knob, CONFIG_FILES["config.yaml"], 200)
+    assert "steps: 200\n" in edited and knobs.get(knob, edited) == 200
+
+
+@pytest.mark.parametrize("written, value, edited", [("--learning-rate 5e-4", 0.0005, "--learning-rate 0.002"),
+                                                     ("--learning-rate=5e-4", 0.0005, "--learning-rate=0.002"),
+                                                     ("--learning-rate\t0.01", 0.01, "--learning-rate\t0.002")])
+def test_a_flag_in_a_script_is_read_and_set(written, value, edited):
+    script = "#!/bin/sh\nexec python train.py \\\n  {} --batch-size 32 --out \"$AUTORESEARCH_OUT\"\n"
+    knob = Knob(flag="--learning-rate", file="train.sh", low=1e-4, high=1e-1, log=True)
+    assert knob.name == "learning-rate" and knobs.get(knob, script.format(written)) == value
+    assert knobs.put(knob, script.format(written), 0.002) == script.format(edited)
+
+
+def test_a_flag_that_is_a_prefix_of_another_is_not_confused_with_it():
+    script = "python train.py --lr-min 1e-5 --lr 3e-4\n"
+    knob = Knob(flag="--lr", file="run.sh", low=1e-5, high=1.0)
+    assert knobs.get(knob, script) == 3e-4
+    assert knobs.put(knob, script, 0.001) == "python train.py --lr-min 1e-5 --lr 0.001\n"
+
+
+@pytest.mark.parametrize("script, problem", [("python train.py\n", "is not in the file"),
+                                             ("a --lr 1\nb --lr 2\n", "appears 2 times")])
+def test_a_flag_must_appear_once(script, problem):
+    with pytest.raises(knobs.KnobError, match=problem):
+        knobs.get(Knob(flag="--lr", file="run.sh", low=0.1, high=1.0), script)
+
+
+@pytest.mark.parametrize("path, key", [("config.yaml", "optimizer.momentum"), ("config.json", "steps.x"),
+                                       ("config.toml", "optimizer.betas")])
+def test_a_missing_or_composite_key_is_a_knob_error(path, key):
+    with pytest.raises(knobs.KnobError):
+        knobs.get(Knob(name="k", file=path, key=key, low=0.1, high=1.0), CONFIG_FILES[path])
+
+
+def test_current_leaves_out_what_it_cannot_read():
+    declared = [Knob(name="lr", file="config.yaml", key="optimizer.lr", low=1e-5, high=1.0),
+                Knob(name="gone", file="config.yaml", key="optimizer.gone", low=1e-5, high=1.0),
+                Knob(flag="--lr", file="missing.sh", low=1e-5, high=1.0)]
+    assert knobs.current(declared, {"config.yaml": CONFIG_FILES["config.yaml"]}) == {"lr": 0.001}

@@ -188,14 +188,32 @@ def test_the_plain_rule_runs_every_seed(make_toy, cli):
     assert [[r.seed for r in e.runs] for e in toy.experiments()] == [[0, 1, 2], [0, 1, 2]]
 
 
-def test_a_deterministic_metric_is_calibrated_once_then_one_run_decides(make_toy, cli):
-    toy = make_toy(config=CONFIG.replace('rule = "plain"', "calibrate_seeds = 3"))
+def test_a_metric_that_ignores_the_seed_stops_calibrating_after_two_runs_then_one_run_decides(make_toy, cli):
+    toy = make_toy(config=CONFIG.replace('rule = "plain"', "calibrate_seeds = 8"))
     result = run(cli, toy, [LR_2], "--experiments", "1")
     assert result.code == 0, result.text
     baseline, kept = toy.experiments()
-    assert [r.seed for r in baseline.runs] == [0, 1, 2] and [r.seed for r in kept.runs] == [0]
+    assert [r.seed for r in baseline.runs] == [0, 1] and [r.seed for r in kept.runs] == [0]
     assert kept.state.value == "kept" and "deterministic metric: one run decides" in kept.reason
     assert kept.effect == pytest.approx(baseline.metric - kept.metric) and kept.effect_se == 0
+
+
+def test_a_metric_that_ignores_the_seed_is_told_once_in_plain_words_and_flagged(make_toy, cli):
+    toy = make_toy(config=CONFIG.replace('rule = "plain"', "calibrate_seeds = 8"))
+    first = run(cli, toy, [LR_2], "--experiments", "1")
+    again = run(cli, toy, [LR_2], "--experiments", "1")
+    assert first.out.count("does not use AUTORESEARCH_SEED") == 1 and "--seed $AUTORESEARCH_SEED" in first.out
+    assert "AUTORESEARCH_SEED" not in again.out  # once: a resumed line does not calibrate again
+    flags = json.loads(cli("status", "-C", toy.root, "--json").out)["flags"]
+    assert [f["kind"] for f in flags] == ["seed"] and "exactly the same" in flags[0]["message"]
+
+
+def test_a_metric_that_moves_with_the_seed_calibrates_every_seed_without_a_warning(make_toy, cli):
+    noisy = TRAIN.replace('print(f"score: {{(LR - 3.0)', 'print(f"score: {{int(os.environ[\'AUTORESEARCH_SEED\']) / 100 + (LR - 3.0)')
+    toy = make_toy(config=CONFIG.replace('rule = "plain"', "calibrate_seeds = 3"), train=noisy)
+    result = run(cli, toy, [], "--experiments", "0")
+    assert result.code == 0, result.text
+    assert [r.seed for r in toy.experiments()[0].runs] == [0, 1, 2] and "AUTORESEARCH_SEED" not in result.out
 
 
 def test_run_sees_no_secrets_from_the_harness_environment(make_toy, cli, monkeypatch):
@@ -279,3 +297,23 @@ def test_a_second_session_on_the_same_target_is_refused(toy):
     finally:
         first.close()
     assert run_cli("run", "-C", toy.root, "--tag", TAG, "--experiments", "0").code == 0
+
+
+def test_each_search_proposal_moves_one_or_two_knobs_from_the_best(make_toy, cli):
+    extra = '\n[[knobs]]\nname = "SLEEP"\nfile = "train.py"\nlow = 0.0\nhigh = 0.01\n'
+    toy = make_toy(config=CONFIG + extra)
+    assert cli(*search(toy, 6)).code == 0
+    experiments = toy.experiments()
+    best = {e.commit: e.knobs for e in experiments if e.commit}
+    for experiment in experiments[1:]:
+        before = best[experiment.parent]
+        moved = {name for name, value in experiment.knobs.items() if value != before[name]}
+        assert 1 <= len(moved) <= 2 and len(experiment.description.split(", ")) == len(moved), experiment.description
+
+
+def test_a_knob_outside_its_range_is_moved_first_and_alone(make_toy, cli):
+    toy = make_toy(train=TRAIN.replace("LR = 1.0 ", "LR = 0.01"))  # its range is 0.1..10
+    assert cli(*search(toy, 1)).code == 0
+    baseline, first = toy.experiments()
+    assert first.description.startswith("LR 0.01 -> ") and ", " not in first.description
+    assert first.knobs["WIDTH"] == baseline.knobs["WIDTH"] and 0.1 <= first.knobs["LR"] <= 10

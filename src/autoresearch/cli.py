@@ -333,8 +333,9 @@ def cmd_export(args) -> int:
     tag = _existing_tag(target, args.tag)
     if tag is None:
         raise UsageError("nothing to export: no research yet")
-    if not (args.tsv or args.patches or args.branch):
-        raise UsageError("say what to export: --tsv FILE, --patches DIR or --branch NAME")
+    if not (args.tsv or args.patches or args.branch or args.mlflow is not None or args.wandb):
+        raise UsageError("say what to export: --tsv FILE, --patches DIR, --branch NAME, --mlflow [URI] or "
+                         "--wandb PROJECT")
     ledger = Ledger(target.ledger_path)
     if args.tsv:
         rows = write_tsv(ledger, tag, target.config.metric.name, Path(args.tsv))
@@ -348,10 +349,28 @@ def cmd_export(args) -> int:
             files = write_patches(target.git, ledger, tag, target.config, args.patches)
             print(f"wrote {len(files)} patches to {args.patches} (apply on the base commit with "
                   f"`git am {Path(args.patches) / '*.patch'}`)")
+        _export_trackers(args, target, ledger, tag)
     except ExportError as exc:
         print(f"autoresearch: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _export_trackers(args, target: Target, ledger, tag: str) -> None:
+    from . import trackers
+
+    name = target.config.metric.name
+    try:
+        if args.mlflow is not None:
+            experiment = f"{target.config.target.name}/{tag}"
+            sent = trackers.to_mlflow(ledger, tag, name, args.mlflow or None, experiment)
+            print(f"MLflow: {sent} new runs in experiment {experiment}" + (f" at {args.mlflow}" if args.mlflow else ""))
+        if args.wandb:
+            sent = trackers.to_wandb(ledger, tag, name, args.wandb, target.state / "exports", mode=args.wandb_mode,
+                                     entity=args.wandb_entity)
+            print(f"Weights & Biases: {sent} new runs in project {args.wandb}, group {tag}")
+    except trackers.TrackerError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_report(args) -> int:
@@ -431,6 +450,17 @@ def _session_running(target: Target) -> bool:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
     return False
+
+
+def cmd_check(args) -> int:
+    from .check import check, tiny_budget
+
+    target = Target.open(args.C)
+    budget = args.budget or tiny_budget(target.config)
+    print(f"checking {target.root} ({target.config.target.name}): two runs at budget {budget}")
+    report = check(target, budget)
+    print(report.render())
+    return 1 if report.problems else 0
 
 
 def cmd_demo(args) -> int:
@@ -518,6 +548,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tsv", metavar="FILE", help="write karpathy/autoresearch's results.tsv format")
     p.add_argument("--patches", metavar="DIR", help="the kept chain as format-patch files, one per kept change")
     p.add_argument("--branch", metavar="NAME", help="the kept chain as a new branch, one commit per kept change")
+    p.add_argument("--mlflow", nargs="?", const="", metavar="URI", help="every run to MLflow (pip install "
+                   "'autoresearch[mlflow]'): the tracking URI, e.g. sqlite:///mlflow.db (default: MLflow's own)")
+    p.add_argument("--wandb", metavar="PROJECT", help="every run to this Weights & Biases project (pip install "
+                   "'autoresearch[wandb]')")
+    p.add_argument("--wandb-entity", metavar="ENTITY", help="the W&B team or user (default: W&B's own)")
+    p.add_argument("--wandb-mode", choices=("online", "offline"), help="offline: W&B's local files, to `wandb sync` "
+                   "later (default: W&B's own, WANDB_MODE)")
     p.add_argument("--tag", help="research line (default: the latest)")
     p.set_defaults(func=cmd_export)
 
@@ -544,10 +581,18 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, parents=[common], help=what)
         p.set_defaults(func=cmd_control)
 
+    p = sub.add_parser("check", parents=[common], help="a dry run of the target's commands at a tiny budget: what "
+                       "works, what to change in autoresearch.toml")
+    p.add_argument("--budget", type=_budget, metavar="SPEC",
+                   help="per-run budget of its two runs (default: the target's, at most 5s, 20steps or 50ktok)")
+    p.set_defaults(func=cmd_check)
+
     p = sub.add_parser("demo", parents=[common], help="offline demo: init + prepare + run the search agent on the built-in target")
     p.add_argument("--dir", default="autoresearch-demo", help="where to create the demo target")
-    p.add_argument("--experiments", type=int, default=6, metavar="N", help="experiments after the baseline")
-    p.add_argument("--budget", type=_budget, default=Budget.parse("20s"), metavar="SPEC", help="per-run budget")
+    p.add_argument("--experiments", type=int, default=4, metavar="N", help="experiments after the baseline")
+    p.add_argument("--budget", type=_budget, default=Budget.parse("120steps"), metavar="SPEC",
+                   help="per-run budget (default: 120steps, about 10 s on 2 CPU cores; in steps, so a busy or slow "
+                   "machine makes the demo slower, never noisier)")
     p.add_argument("--data", default="shakespeare", help="data source (shakespeare; stdlib needs no download)")
     p.set_defaults(func=cmd_demo)
     return top

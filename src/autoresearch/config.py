@@ -6,6 +6,7 @@ The full contract is in docs/target-contract.md.
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -65,6 +66,28 @@ class Metric(_Section):
     goal: Literal["minimize", "maximize"] = "minimize"
     source: Literal["stdout", "json"] = "stdout"
     file: str = "metrics.json"
+    # stdout: a regular expression with one group, for output that is not `name: value` lines;
+    # the number its last match captures is the metric, e.g. 'val loss ([0-9.]+)'
+    pattern: Optional[str] = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _one_group(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        try:
+            groups = re.compile(value).groups
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+        if groups != 1:
+            raise ValueError(f"a pattern needs exactly one group, (...), around the number; this one has {groups}")
+        return value
+
+    @model_validator(mode="after")
+    def _pattern_reads_stdout(self) -> "Metric":
+        if self.pattern is not None and self.source != "stdout":
+            raise ValueError('pattern reads the output: it needs source = "stdout"')
+        return self
 
 
 class BudgetSection(_Section):
@@ -134,16 +157,40 @@ class SandboxSection(_Section):
 
 
 class Knob(_Section):
-    name: str
-    file: str
+    """`[[knobs]]`: a value the search may set, in an editable file (see knobs.py for the forms)."""
+
+    name: str  # how proposals, the ledger and reports call it; default: `key`, or `flag` without its dashes
+    file: str  # the editable file that holds the value
+    key: Optional[str] = None  # a Python file's top-level name, or a dotted key of a JSON/YAML/TOML file (default: name)
+    flag: Optional[str] = None  # a command-line flag in `file` (a script): `--learning-rate 5e-4` or `--lr=5e-4`
     type: Literal["float", "int", "choice"] = "float"
     low: Optional[float] = None
     high: Optional[float] = None
     log: bool = False
     choices: Optional[list[Union[int, float, str, bool]]] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data):
+        if isinstance(data, dict) and "name" not in data and (data.get("key") or data.get("flag")):
+            data = {**data, "name": data.get("key") or str(data["flag"]).lstrip("-")}
+        return data
+
     @model_validator(mode="after")
     def _has_range(self) -> "Knob":
+        from . import knobs
+
+        if self.flag is not None and not (self.flag.startswith("-") and len(self.flag.strip("-")) > 0):
+            raise ValueError(f"flag must be a command-line option such as '--learning-rate' (got {self.flag!r})")
+        if self.flag is not None and self.key is not None:
+            raise ValueError("a knob has either 'flag' (in a script) or 'key' (in a config file), not both")
+        try:
+            kind = knobs.form(self)
+        except knobs.KnobError as exc:
+            raise ValueError(str(exc)) from None
+        if kind == "python" and not (self.key or self.name).isidentifier():
+            raise ValueError(f"in a Python file a knob is a top-level name such as LEARNING_RATE; "
+                             f"{self.key or self.name!r} is not one (set 'key')")
         if self.type == "choice":
             if not self.choices:
                 raise ValueError("a choice knob needs a non-empty 'choices' list")

@@ -57,6 +57,12 @@ def runs_wanted(config: Config, baseline: bool) -> int:
     return config.judge.calibrate_seeds if baseline else config.judge.max_runs
 
 
+def seed_ignored(values: list[float]) -> bool:
+    """Two or more runs with different seeds and exactly the same metric: the target does not use the seed, and
+    more calibration runs would only repeat the number."""
+    return len(values) >= 2 and max(values) - min(values) <= 1e-12 * max(1.0, abs(values[0]))
+
+
 def decide(runs: list[RunRecord], best: Optional[Experiment], config: Config, noise: stats.Noise,
            lines_added: int = 0, lines_removed: int = 0) -> Decision:
     for run_state, outcome in FAILURES:
@@ -66,7 +72,8 @@ def decide(runs: list[RunRecord], best: Optional[Experiment], config: Config, no
     values = [run.metric for run in runs]
     metric = statistics.fmean(values)
     if best is None or not best.ok:
-        if len(runs) < runs_wanted(config, baseline=True):
+        if len(runs) < runs_wanted(config, baseline=True) and not (config.judge.rule == "statistical"
+                                                                  and seed_ignored(values)):
             return Decision(None, metric, "calibrating")
         return Decision(State.BASELINE, metric, f"baseline over {len(runs)} run{'s' * (len(runs) > 1)}; "
                                                 f"noise {noise.describe()}")

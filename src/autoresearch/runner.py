@@ -40,6 +40,7 @@ ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "ROCM_", "HSA_", "PY
 # evaluation process faulted in ~1 GB this way per 131k tokens scored: 0.5-0.9 s of kernel time per run on a CPU.
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 LOG_TAIL_CHARS = 4000
+_VARIABLE = re.compile(r"\$\{(AUTORESEARCH_[A-Z_]+)\}|\$(AUTORESEARCH_[A-Z_]+)")
 EVALUATOR_REJECTS = 3  # an evaluator exiting with this status rejects the model (it broke a rule); see the contract
 _NUMBER_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|-inf)\s*$",
                           re.MULTILINE | re.IGNORECASE)
@@ -67,6 +68,25 @@ class RunSpec:
 def reported_numbers(text: str) -> dict[str, float]:
     """Every `key: number` line of a log, the last value of each key winning."""
     return {key: float(value) for key, value in _NUMBER_LINE.findall(text)}
+
+
+def expand(argv: list[str], env: dict[str, str]) -> list[str]:
+    """`$AUTORESEARCH_SEED` or `${AUTORESEARCH_SEED}` in a command's words: the run's value (only the harness's own
+    variables; others, and ones not set for this run, stay as written)."""
+    def value(match: "re.Match") -> str:
+        return env.get(match.group(1) or match.group(2), match.group(0))
+    return [_VARIABLE.sub(value, word) for word in argv]
+
+
+def pattern_metric(pattern: str, text: str) -> tuple[Optional[float], str]:
+    """The number the last match of `[metric] pattern` captures in `text`, or why there is none."""
+    found = re.findall(pattern, text, re.MULTILINE)
+    if not found:
+        return None, f"the output has no match of [metric] pattern {pattern!r}"
+    try:
+        return float(found[-1]), ""
+    except ValueError:
+        return None, f"[metric] pattern {pattern!r} captured {found[-1]!r}, which is not a number"
 
 
 class Runner:
@@ -130,8 +150,9 @@ class Runner:
         started, started_at = time.monotonic(), time.time()
 
         def job(command: str, data: Path, jail: Optional[Jail], kind: str = "") -> Job:
-            argv = command_argv(command)
-            return Job(argv, spec.worktree, self.env(spec, slot, out, data), spec.timeout, log,
+            env = self.env(spec, slot, out, data)
+            argv = expand(command_argv(command), env)
+            return Job(argv, spec.worktree, env, spec.timeout, log,
                        self.target.pids / f"{slot.name}{kind}.pid", jail, config.sandbox.limits(),
                        preload=forkserver.script_imports(argv, self.target.root, spec.worktree))
 
@@ -254,6 +275,8 @@ class Runner:
         names = [metric.name]
         if split != "val":
             names += [metric.name.replace("val", split, 1), f"{split}_{metric.name}"]
+        if metric.pattern:
+            return pattern_metric(metric.pattern, text)
         numbers = reported_numbers(text) if metric.source == "stdout" else self._json_numbers(out)
         for name in names:
             if name in numbers:

@@ -400,13 +400,13 @@ class Scheduler:
         from . import knobs
 
         config = self.session.target.config
-        declared = {knob.name: knob.file for knob in config.knobs}
+        declared = {knob.name: knob for knob in config.knobs}
         if not set(values) <= set(declared):
             return False
         for name, value in values.items():
-            path = worktree.root / declared[name]
+            path = worktree.root / declared[name].file
             try:
-                path.write_text(knobs.set_value(path.read_text(), name, value))
+                path.write_text(knobs.put(declared[name], path.read_text(), value))
             except (OSError, SyntaxError, knobs.KnobError):
                 worktree.reset_to(worktree.head())
                 return False

@@ -227,7 +227,14 @@ class Session:
         runs = judge.runs_wanted(self.target.config, baseline=True)
         self.say(f"#{experiment.index} baseline {commit[:9]} ({self.budget}, {runs} run{'s' * (runs > 1)}: "
                  f"{'calibrating the noise' if self.target.config.judge.rule == 'statistical' else 'fixed seeds'})")
-        return self._execute(experiment, worktree, slot, best=None)
+        baseline = self._execute(experiment, worktree, slot, best=None)
+        if baseline.state is State.BASELINE and judge.seed_ignored(baseline.metrics):
+            from .check import seed_ignored_message
+
+            message = seed_ignored_message(baseline.metric, len(baseline.metrics), self.target.config.metric.name)
+            self.ledger.add_flag(baseline.id, Flag("seed", message))
+            self.say(f"warning: {message}")
+        return baseline
 
     def step(self, worktree: Git, slot: Slot) -> Experiment:
         """One experiment: propose, check, commit, run, judge, record."""
@@ -523,12 +530,9 @@ class Session:
                 and not scope.is_protected(path, self.target.config)}
 
     def _knob_values(self, root: Path) -> dict:
-        values = {}
-        for knob in self.target.config.knobs:
-            path = root / knob.file
-            if path.exists():
-                values.update(knob_values.read_all(path.read_text(errors="replace"), [knob.name]))
-        return values
+        knobs = self.target.config.knobs
+        files = {k.file: (root / k.file).read_text(errors="replace") for k in knobs if (root / k.file).is_file()}
+        return knob_values.current(knobs, files)
 
     def _timeout(self, budget: Optional[Budget] = None) -> float:
         budget = budget or self.budget

@@ -55,7 +55,7 @@ class ScriptedAgent(Agent):
             writes[edit["file"]] = files[edit["file"]] = source.replace(edit["old"], edit["new"])
         for name, value in step.get("knobs", {}).items():
             knob = next(k for k in context.config.knobs if k.name == name)
-            writes[knob.file] = files[knob.file] = knob_edit.set_value(files[knob.file], name, value)
+            writes[knob.file] = files[knob.file] = knob_edit.put(knob, files[knob.file], value)
         description = step.get("description", f"scripted proposal {position + 1}")
         given = " / ".join(suggestion.text for suggestion in context.suggestions)
         return Proposal(description.replace("{suggestion}", given), writes,

@@ -2,8 +2,11 @@
 
 Optuna's TPE sampler proposes values; it is told every finished experiment of the research line
 from the ledger (whoever proposed it, using the knob values the harness read from its files), so
-a resumed session continues where it left off. Values are written into the editable file through
-the parser (`autoresearch.knobs`).
+a resumed session continues where it left off. A proposal is a move from the best of one knob,
+or two (`MAX_MOVED`): of TPE's point, the knobs it moves furthest from the best's values, in units of
+each knob's range (a knob outside its declared range first, alone), so that every kept change is one
+idea a reader can name. Values are rounded to `DIGITS` significant digits and written into the
+editable files through `autoresearch.knobs` (a Python constant, a flag in a script, a config file's key).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from ..records import State
 from . import Agent, AgentExhausted, Context, Proposal
 
 _MAX_TRIES = 20
+MAX_MOVED = 2  # knobs one proposal changes
+SECOND_MOVE = 0.8  # a second knob moves too when TPE moves it nearly as far as the first (this share of its distance)
+DIGITS = 2  # significant digits of a proposed float: "MATRIX_LR 0.002 -> 0.035"
 
 
 def _distribution(knob: Knob):
@@ -53,37 +59,42 @@ class SearchAgent(Agent):
         knobs = context.config.knobs
         if not knobs:
             raise AgentExhausted("the search agent needs [[knobs]] in autoresearch.toml, and there are none")
+        by_name = {k.name: k for k in knobs}
         distributions = {k.name: _distribution(k) for k in knobs}
-        study = self._study(context, {k.name: k for k in knobs}, distributions)
-        current = {k.name: knob_edit.read(context.files[k.file], k.name) for k in knobs}
-        # in flight: running in a slot, or proposed and waiting for one; never proposed twice, and told to TPE
-        # as running trials (the constant liar) so that what runs at once is spread out
+        study = self._study(context, by_name, distributions)
+        current = {k.name: knob_edit.get(k, context.files[k.file]) for k in knobs}
+        # in flight: running in a slot, or proposed and waiting for one (a proposal's meta holds the knobs it
+        # moves); never proposed twice, and told to TPE as running trials (the constant liar) so that what runs
+        # at once is spread out
         in_flight = [e.knobs for e in context.history if not e.state.final and e.knobs]
-        in_flight += [p.meta["knobs"] for p in context.pending if isinstance(p.meta.get("knobs"), dict)]
+        in_flight += [{**current, **p.meta["knobs"]} for p in context.pending if isinstance(p.meta.get("knobs"), dict)]
         seen = {self._key(e.knobs) for e in context.history if e.knobs} | {self._key(v) for v in in_flight}
         seed = zlib.crc32(context.parent.tag.encode()) + len(context.history) + len(context.pending)
-        liars = self._pretend_running(study, in_flight, distributions, by_name={k.name: k for k in knobs})
+        liars = self._pretend_running(study, in_flight, distributions, by_name=by_name)
+        moved = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for multivariate TPE
             study.sampler = self.optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=bool(liars),
                                                             n_startup_trials=min(8, 2 * len(knobs) + 2))
             for _ in range(_MAX_TRIES):
                 trial = study.ask(distributions)
-                values = {name: self._rounded(value) for name, value in trial.params.items()}
+                point = {name: self._rounded(value) for name, value in trial.params.items()}
                 study.tell(trial, state=self.optuna.trial.TrialState.FAIL)  # only told real outcomes
-                if self._key({**current, **values}) not in seen:
+                moved = _move(current, point, knobs)
+                if moved and self._key({**current, **moved}) not in seen:
                     break
             else:
-                values = self._nudge(current, knobs, random.Random(seed))
+                moved = self._nudge(current, knobs, random.Random(seed))
         for number in liars:  # their real outcomes are told when they finish
             study.tell(number, state=self.optuna.trial.TrialState.FAIL)
         files = dict(context.files)
-        for knob in knobs:
-            files[knob.file] = knob_edit.set_value(files[knob.file], knob.name, values[knob.name])
-        changed = [f"{k.name} {knob_edit.format_value(current[k.name])} -> {knob_edit.format_value(values[k.name])}"
-                   for k in knobs if knob_edit.format_value(current[k.name]) != knob_edit.format_value(values[k.name])]
+        for name, value in moved.items():
+            knob = by_name[name]
+            files[knob.file] = knob_edit.put(knob, files[knob.file], value)
+        changed = [f"{name} {knob_edit.format_value(current[name])} -> {knob_edit.format_value(value)}"
+                   for name, value in moved.items()]
         writes = {path: text for path, text in files.items() if text != context.files.get(path)}
-        return Proposal(", ".join(changed) or "no change", writes, meta={"knobs": values})
+        return Proposal(", ".join(changed), writes, meta={"knobs": moved})
 
     def _study(self, context: Context, by_name: dict[str, Knob], distributions: dict):
         if self.study is None:
@@ -124,7 +135,7 @@ class SearchAgent(Agent):
 
     @staticmethod
     def _rounded(value):
-        return float(knob_edit.format_value(value)) if isinstance(value, float) else value
+        return float(f"{value:.{DIGITS}g}") if isinstance(value, float) else value
 
     @staticmethod
     def _key(values: dict) -> tuple:
@@ -132,16 +143,41 @@ class SearchAgent(Agent):
 
     @staticmethod
     def _nudge(current: dict, knobs: list[Knob], rng: random.Random) -> dict:
-        """Every sampled point was tried already: move one knob a step from where it is."""
+        """Every sampled move was tried already: move one knob a step from where it is."""
         knob = rng.choice(knobs)
         value = current[knob.name]
         if knob.type == "choice":
             options = [c for c in knob.choices if c != value] or knob.choices
             new = rng.choice(options)
-        elif knob.log:
+        elif knob.log and value > 0:
             new = min(knob.high, max(knob.low, value * math.exp(rng.choice((-1, 1)) * 0.3)))
         else:
             new = min(knob.high, max(knob.low, value + rng.choice((-1, 1)) * 0.1 * (knob.high - knob.low)))
-        if knob.type == "int":
-            new = int(round(new))
-        return {**current, knob.name: new}
+        new = int(round(new)) if knob.type == "int" else SearchAgent._rounded(float(new)) if knob.type == "float" else new
+        return {knob.name: new}
+
+
+def distance(knob: Knob, old, new) -> float:
+    """How far `new` is from `old`, as a share of the knob's range (on a log scale where the knob has one)."""
+    if knob.type == "choice":
+        return 0.0 if new == old else 1.0
+    if not isinstance(old, (int, float)) or isinstance(old, bool):
+        return 1.0
+    if knob.log and old > 0 and new > 0:
+        return abs(math.log(new) - math.log(old)) / (math.log(knob.high) - math.log(knob.low))
+    return abs(new - old) / (knob.high - knob.low)
+
+
+def _move(current: dict, point: dict, knobs: list[Knob]) -> dict:
+    """The move from `current` towards TPE's `point`: the knob it moves furthest, and a second one when that moves
+    nearly as far (SECOND_MOVE); {} when the point is where the best already is. A knob whose value lies outside
+    its declared range moves first, alone: the range says where its value belongs."""
+    moved = [k for k in knobs if knob_edit.format_value(current[k.name]) != knob_edit.format_value(point[k.name])]
+    outside = [k for k in moved if not _within(k, current[k.name])]
+    if outside:
+        return {outside[0].name: point[outside[0].name]}
+    ranked = sorted(((distance(k, current[k.name], point[k.name]), k.name) for k in moved), reverse=True)
+    if not ranked:
+        return {}
+    chosen = [name for d, name in ranked[:MAX_MOVED] if d >= SECOND_MOVE * ranked[0][0]]
+    return {name: point[name] for name in chosen}
