@@ -97,8 +97,9 @@ class ModelProcess:
         """The logits of the oldest request not answered yet: float32 [B, T, V], or ModelError."""
         batch, length, code = self.pending.pop(0)
         kind, b, t, v, size = self._frame()
-        if kind == ERROR:
-            raise ModelError(self._read(min(size, 65536)).decode(errors="replace") + self._shown())
+        if kind == ERROR:  # its words on one line: nothing it says reads as a `key: value` line of the evaluator's
+            said = " ".join(self._read(min(size, 65536)).decode(errors="replace").split())[:2000]
+            raise ModelError(said + self._shown())
         expected = batch * length * vocab_size * TRANSPORT[code].itemsize
         if kind != LOGITS or (b, t, v) != (batch, length, vocab_size) or size != expected:
             raise ModelError(f"the model answered a batch of {batch} windows of {length} tokens with logits of shape "
