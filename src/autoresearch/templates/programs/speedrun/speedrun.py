@@ -105,8 +105,8 @@ def lie(seen, names):
     interval = (last - first) / (k_last - k_first)  # seconds per checkpoint, by the first and the last
     start = first - k_first * interval               # when the first step was taken, by that rhythm
     if start > START_SHARE * last + SLACK_SECONDS:
-        return (f"the checkpoints appeared only at the end of training (from {first:.1f}s to {last:.1f}s of "
-                f"{last:.1f}s): each must be saved when training reaches it")
+        return (f"the checkpoints appeared only at the end of training (from {first:.1f}s to {last:.1f}s into it): "
+                "each must be saved when training reaches it")
     for k, t in times:
         lag = t - (start + k * interval)
         if lag > PACE * (last - start) + SLACK_SECONDS:
