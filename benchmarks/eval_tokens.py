@@ -51,35 +51,33 @@ def main() -> None:
         import numpy as np
         import torch
 
-        import evaluate  # the target's own evaluator: its model loading and its cross-entropy
+        import evaluate  # the target's own evaluator: its model loading and its layout of the windows
 
-        device = torch.device("cpu")
+        from autoresearch import scoring
+
+        threads = torch.get_num_threads()
         meta = json.loads((target.data / "meta.json").read_text())
         token_bytes = torch.tensor(meta["token_bytes"], dtype=torch.int64)
         tokens = np.memmap(target.data / "val.bin", dtype=np.uint16, mode="r")
-        longest = min(max(args.tokens), len(tokens) - 1)
-        models, seq_len = [], None
-        for seed in (0, 1):
-            model, model_args = evaluate.load_model(str(Path(work) / f"seed{seed}" / "model.pt"), device)
-            models.append(model)
-            seq_len = int(model_args["sequence_len"])
-        windows = longest // seq_len
-        data = torch.from_numpy(tokens[:windows * seq_len + 1].astype(np.int64))
-        xs, ys = data[:-1].view(windows, seq_len), data[1:].view(windows, seq_len)
+        paths = [str(Path(work) / f"seed{seed}" / "model.pt") for seed in (0, 1)]
+        seq_len = int(evaluate.checkpoint_info(paths[0])[0]["sequence_len"])
+        windows = torch.from_numpy(scoring._windows(tokens, seq_len, max(args.tokens)))  # the evaluator's windows
         bits = []  # per model: the bits of each window, and each window's bytes
-        with torch.no_grad():
-            for model in models:
-                per_window, nbytes = [], []
-                for i in range(windows):
-                    nats, count = evaluate.nats_and_bytes(model(xs[i:i + 1]), ys[i:i + 1], token_bytes)
-                    per_window.append(nats / math.log(2))
-                    nbytes.append(count)
-                bits.append(torch.tensor(per_window, dtype=torch.float64))
+        for path in paths:
+            answer = evaluate.load_model(path, "cpu", threads)  # in this process: a benchmark, not an evaluation
+            per_window, nbytes = [], []
+            for window in windows:
+                x, y = window[None, :-1], window[None, 1:]
+                logprobs = torch.log_softmax(answer(x).float(), -1).gather(-1, y[..., None]).squeeze(-1)
+                counted = token_bytes[y] > 0
+                per_window.append(-logprobs[counted].double().sum().item() / math.log(2))
+                nbytes.append(token_bytes[y][counted].sum().item())
+            bits.append(torch.tensor(per_window, dtype=torch.float64))
         nbytes = torch.tensor(nbytes, dtype=torch.float64)
         print(f"budget {budget} | data {args.data} | two models (seeds 0 and 1) | windows of {seq_len} tokens")
         print(f"{'tokens':>8} {'bpb seed 0':>11} {'bpb seed 1':>11} {'difference':>11} {'its se':>8} {'eval seconds':>13}")
         for n_tokens in sorted(args.tokens):
-            n = min(n_tokens // seq_len, windows)
+            n = min(n_tokens // seq_len, len(windows))
             b = nbytes[:n]
             bpb = [float(x[:n].sum() / b.sum()) for x in bits]
             d = bits[0][:n] - bits[1][:n]
@@ -87,7 +85,10 @@ def main() -> None:
             residual = d - difference * b
             se = math.sqrt(n / (n - 1) * float((residual ** 2).sum())) / float(b.sum())
             started = time.perf_counter()
-            evaluate.bits(models[0], seq_len, str(target.data / "val.bin"), n * seq_len, meta, device)
+            with scoring.Scorer([str(target.data)]) as scorer:  # what evaluate.py does: jailed model processes
+                scorer.score(evaluate.load_model, (paths[0], "cpu", threads), [scoring.Source(tokens, n * seq_len)],
+                             seq_len=seq_len, token_bytes=meta["token_bytes"], vocab_size=meta["vocab_size"],
+                             batch=evaluate.EVAL_BATCH, tolerance=evaluate.TOLERANCE["cpu"])
             seconds = time.perf_counter() - started
             print(f"{n * seq_len:>8} {bpb[0]:>11.4f} {bpb[1]:>11.4f} {difference:>+11.4f} {se:>8.4f} {seconds:>12.2f}s")
 

@@ -36,6 +36,8 @@ BROKEN = [
      "at least 1 item"),
     ("no seeds", CONFIG + "\n[run]\nseeds = []\n", "run.seeds", "at least 1 item"),
     ("bad device", CONFIG + '\n[run]\ndevice = "tpu"\n', "run.device", "expected auto, cpu, cuda, cuda:N or mps"),
+    ("snapshot with a directory", CONFIG + '\n[run]\nsnapshots = ["../ckpt-*.pt"]\n', "run.snapshots",
+     "a file name or glob in $AUTORESEARCH_OUT, without a directory"),
     ("unbalanced quote", CONFIG.replace('train = "python train.py"', "train = \"python 'train.py\""),
      "commands.train", "not a valid command line"),
     ("negative min_effect", CONFIG.replace('rule = "plain"', "min_effect = -1"), "judge.min_effect", "greater than or equal to 0"),

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from jail import needs_jail
 from toy import GUARDED_CONFIG, GUARDED_TRAIN as TRAIN, build_guarded, run_cli
 
 GOOD = {"description": "a real improvement", "replace": [{"file": "train.py", "old": "LR = 1.0", "new": "LR = 2.0"}]}
@@ -228,12 +229,7 @@ def test_a_resource_attack_is_killed_and_the_loop_goes_on(tmp_path, proposal, st
     assert_consistent(guarded)
 
 
-def jailed() -> bool:
-    from autoresearch import sandbox
-    return sandbox.unavailable() is None
-
-
-@pytest.mark.skipif(not jailed(), reason="no Linux jail here (unshare/user namespaces unavailable): see docs/security.md")
+@needs_jail
 def test_training_cannot_read_the_validation_split(guarded):
     body = ("val = os.path.join(os.environ['AUTORESEARCH_DATA'], '..', 'val', 'offset.txt')\n"
             "try:\n    print('val offset read:', open(val).read())\nexcept OSError as exc:\n    print('val unreadable:', exc)\n"
@@ -245,7 +241,7 @@ def test_training_cannot_read_the_validation_split(guarded):
     assert attempt.state.value == "discarded"  # it could not use what it could not read
 
 
-@pytest.mark.skipif(not jailed(), reason="no Linux jail here (unshare/user namespaces unavailable): see docs/security.md")
+@needs_jail
 def test_a_run_cannot_open_a_network_connection(guarded):
     import socket
     import threading

@@ -1,4 +1,4 @@
-"""The built-in gpt target: model properties, the evaluator's arithmetic, and train.py -> evaluate.py end to end.
+"""The built-in gpt target: model properties, and train.py -> evaluate.py end to end.
 
 End-to-end tests copy the template into a temporary worktree and shrink the model by editing the
 constants of train.py textually, as an agent would, then run it on a small stdlib corpus.
@@ -240,21 +240,6 @@ def test_model_trains_a_step_on_cuda_in_bf16():
     assert logits.shape == (4, 64, 257) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
     torch.nn.functional.cross_entropy(logits.view(-1, 257), idx.view(-1)).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-# ----------------------------------------------------------------------------
-# The evaluator's arithmetic
-
-
-def test_bits_per_byte_matches_a_hand_computed_value():
-    evaluate = load_module(TEMPLATE / "evaluate.py", "gpt_evaluate")
-    logits = torch.tensor([[[0.0, 0.0, 0.0], [math.log(2), 0.0, 0.0], [0.0, 0.0, 5.0]]])  # [1, 3, V=3]
-    targets = torch.tensor([[1, 0, 2]])
-    token_bytes = torch.tensor([1, 3, 0])  # token 2 is a separator: no bytes, not scored
-    nats, nbytes = evaluate.nats_and_bytes(logits, targets, token_bytes)
-    # position 0: p(1) = 1/3, 3 bytes; position 1: p(0) = 2/4, 1 byte; position 2: separator, skipped
-    assert nats == pytest.approx(math.log(3) + math.log(2)) and nbytes == 4
-    assert evaluate.bits_per_byte(nats, nbytes) == pytest.approx((math.log2(3) + 1) / 4)
 
 
 # ----------------------------------------------------------------------------

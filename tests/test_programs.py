@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jail import require_jail
 from toy import quick_judge, run_cli
 
 TINY = {"DEPTH": "1", "ASPECT": "64", "HEAD_DIM": "32", "SEQ_LEN": "32", "BATCH_SIZE": "8"}
@@ -72,15 +73,6 @@ def status(root: Path, tag: str = "p") -> dict:
     result = run_cli("status", "-C", root, "--json", "--tag", tag)
     assert result.code == 0, result.text
     return json.loads(result.out)
-
-
-def sandboxed() -> bool:
-    """Whether runs are jailed on this machine (the sandbox, where it is part of autoresearch)."""
-    try:
-        from autoresearch import sandbox
-    except ImportError:
-        return False
-    return sandbox.unavailable() is None
 
 
 def edit(path: str, old: str, new: str) -> dict:
@@ -180,8 +172,7 @@ def test_data_the_sampler_cannot_read_the_validation_mix(data_program):
 @pytest.mark.slow
 def test_data_a_read_around_the_guard_gets_nothing_in_the_sandbox(data_program):
     """The guard sees Python's own file opens; a subprocess reads around it. Only the sandbox stops that."""
-    if not sandboxed():
-        pytest.skip("runs are not jailed on this machine: a subprocess can read what the in-process guard cannot see")
+    require_jail()  # a subprocess reads what the in-process guard cannot see: the jail is what stops it
     root, _ = data_program
     cat = edit("sampler.py", "    rng = np.random.default_rng(seed)\n",
                "    rng = np.random.default_rng(seed)\n"
@@ -254,10 +245,16 @@ def speedrun_program(tmp_path_factory):
     claim = edit("train.py", '    print("---")\n',
                  '    print("---")\n    print("tokens_to_target: 1.0")\n'
                  '    json.dump({"tokens_to_target": 1.0}, open(os.path.join(out_dir, "metrics.json"), "w"))\n')
+    final = '    save("model.pt")\n'
+    overwrite = edit("train.py", final, '    save("checkpoint-001.pt")  # the final weights, under the first name\n' + final)
+    late = [edit("train.py", '            save(f"checkpoint-{saved:03d}.pt")',
+                 '            if saved > 1:\n                save(f"checkpoint-{saved:03d}.pt")'), overwrite]
     experiments = research(root, [
         {"description": "tuned learning rates", "knobs": {"MATRIX_LR": 0.04, "EMBEDDING_LR": 0.3,
                                                           "UNEMBEDDING_LR": 0.004}},
         {"description": "claim a record", "replace": [claim]},
+        {"description": "overwrite the first checkpoint with the final weights", "replace": [overwrite]},
+        {"description": "save the first checkpoint at the end, with the final weights", "replace": late},
     ])
     return root, experiments
 
@@ -291,6 +288,41 @@ def test_speedrun_the_score_comes_from_the_evaluator_not_the_training_script(spe
     assert measured["tokens_to_target"] == claim["runs"][0]["metric"] > 1.0  # the evaluator's number
     kinds = {flag["kind"] for flag in status(root)["flags"] if flag["index"] == 2}
     assert kinds == {"metric"}  # the claim on stdout and the metrics.json it wrote: both noticed, both ignored
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index, words", [(3, "checkpoint-001.pt was rewritten after it appeared"),
+                                          (4, "checkpoint-002.pt appeared before checkpoint-001.pt")])
+def test_speedrun_a_checkpoint_that_is_not_what_it_claims_is_rejected(speedrun_program, index, words):
+    """Later weights under an early checkpoint's name: the harness copied each checkpoint as it appeared and saw
+    when; the evaluator rejects the run before scoring anything."""
+    root, experiments = speedrun_program
+    lie = experiments[index]
+    assert lie["state"] == "rejected", lie["reason"]
+    assert "not what it claims to be" in lie["reason"] and words in lie["reason"]
+    log = Path(lie["runs"][0]["log"]).read_text()
+    assert "checkpoint   1/10" not in log  # not scored at all
+    snapshots = json.loads(Path(lie["runs"][0]["log"]).with_name("snapshots").joinpath("snapshots.json").read_text())
+    assert [f["name"] for f in snapshots["files"]][-1] == "checkpoint-010.pt" or index == 4
+    assert any(flag["index"] == index and flag["kind"] == "evaluator" for flag in status(root)["flags"])
+
+
+@pytest.mark.parametrize("seen, words", [
+    ({k: k + 0.5 for k in range(1, 11)}, None),                                # one per second after a start-up
+    ({k: 0.5 + k / 10 for k in range(1, 11)}, None),                           # a test's run: 1 s, after 0.5 s
+    ({**{k: k + 0.5 for k in range(1, 11)}, 1: 10.6}, "appeared before"),      # the first one saved last
+    ({k: 60 + k * 0.2 for k in range(1, 11)}, "only at the end of training"),  # all of them after training
+    ({**{k: k + 0.5 for k in (1, 2, 3, 10)}, **{k: 8.2 + k / 10 for k in range(4, 10)}},
+     "checkpoint-004.pt appeared at 8.6s"),                                     # later weights under 4 to 9
+])
+def test_speedrun_checkpoints_must_appear_in_order_and_at_the_pace_of_training(seen, words):
+    speedrun = load_speedrun()
+    names = [f"checkpoint-{k:03d}.pt" for k in range(1, 11)]
+    problem = speedrun.lie({f"checkpoint-{k:03d}.pt": {"seconds": t, "changed": None} for k, t in seen.items()}, names)
+    assert problem is None if words is None else words in problem
+    rewritten = {name: {"seconds": 1.0, "changed": None} for name in names}
+    rewritten["checkpoint-004.pt"]["changed"] = "deleted"
+    assert "checkpoint-004.pt was deleted" in speedrun.lie(rewritten, names)
 
 
 def load_speedrun():

@@ -20,12 +20,11 @@ from autoresearch.records import RunState, State
 from autoresearch.runner import Runner
 from autoresearch.sandbox import Jail, Limits, SandboxError, parse_size
 from autoresearch.target import Target
+from jail import needs_jail
 from toy import CONFIG, TAG, alive, build_toy, run_cli
 
 SLOT = Slot("cpu0", "cpu", 1)
 SRC = Path(sandbox.__file__).resolve().parents[1]
-needs_jail = pytest.mark.skipif(sandbox.unavailable() is not None,
-                                reason=f"no isolation here: {sandbox.unavailable()}")
 linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="memory and process limits read /proc")
 
 

@@ -104,6 +104,15 @@ class BudgetSection(_Section):
 class RunSection(_Section):
     seeds: list[int] = Field(default=[0], min_length=1)
     device: str = "auto"
+    snapshots: list[str] = []  # globs of files in $AUTORESEARCH_OUT copied as they appear (snapshots.py)
+
+    @field_validator("snapshots")
+    @classmethod
+    def _plain_names(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern or "/" in pattern or "\\" in pattern:
+                raise ValueError(f"{pattern!r}: a file name or glob in $AUTORESEARCH_OUT, without a directory")
+        return value
 
     @field_validator("device")
     @classmethod

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import forkserver, sandbox
+from . import forkserver, sandbox, snapshots
 from .budget import Budget
 from .executor import Executor, Job, JobResult, Slot
 from .gitrepo import Git
@@ -106,6 +106,7 @@ class Runner:
             "AUTORESEARCH_THREADS": str(slot.threads),
             "AUTORESEARCH_SPLIT": spec.split,
             "AUTORESEARCH_CACHE": str(cache_dir()),
+            "AUTORESEARCH_ISOLATE": self.target.config.sandbox.isolate,  # an evaluator's own jails follow it too
             "OMP_NUM_THREADS": str(slot.threads),
             "MKL_NUM_THREADS": str(slot.threads),
             "PYTHONUNBUFFERED": "1",
@@ -113,6 +114,8 @@ class Runner:
         })
         if not any(name.startswith("MALLOC_") for name in env):
             env.update(MALLOC_TUNING)
+        if self.target.config.run.snapshots:  # the training's files the harness copied as they appeared
+            env["AUTORESEARCH_SNAPSHOTS"] = str(spec.directory / "snapshots")
         if slot.visible_devices is not None:  # a GPU slot sees its own GPU only
             env["CUDA_VISIBLE_DEVICES"] = slot.visible_devices
         return env
@@ -171,7 +174,11 @@ class Runner:
         try:
             train_jail = self.jail((spec.worktree, out), self.held_out())
             announce(config.commands.train)
-            result = self.executor.run(job(config.commands.train, self.target.data / "train", train_jail), slot)
+            train = job(config.commands.train, self.target.data / "train", train_jail)
+            if config.run.snapshots:
+                result = self._train_watched(train, slot, out, spec.directory / "snapshots")
+            else:
+                result = self.executor.run(train, slot)
             peak = result.peak_rss_mb
             state, reason = _judge_exit("train", result, spec)
             refused = guard.refusals(out)  # `python -m autoresearch.guard`: the run reached for held-out data
@@ -220,8 +227,8 @@ class Runner:
             note = integrity.metric_claim(claimed, metric, config.metric.name)
             if note and state is not RunState.REJECTED:
                 flags.append(Flag("metric", note))
-            for weights in out.glob("*.pt"):  # weights are large and a run is cheap to repeat
-                weights.unlink()
+            for weights in (*out.glob("*.pt"), *(spec.directory / "snapshots").glob("*.pt")):
+                weights.unlink()  # weights are large and a run is cheap to repeat
             return RunRecord(experiment_id=spec.experiment_id, seed=spec.seed, state=state, metric=metric,
                              metrics=metrics, seconds=time.monotonic() - started,
                              peak_memory_mb=metrics.get("peak_memory_mb") or peak, exit_code=result.exit_code,
@@ -229,6 +236,19 @@ class Runner:
                              slot=slot.name, started_at=started_at)
         finally:
             _move_into(out, spec.directory / "out")
+
+    def _train_watched(self, train: Job, slot: Slot, out: Path, into: Path) -> JobResult:
+        """The train job, while the files `[run] snapshots` names are copied into `into` as they appear in `out`,
+        timed from the moment the job started (snapshots.py)."""
+        handle = self.executor.start(train, slot)
+        watcher = snapshots.Watcher(out, self.target.config.run.snapshots, into)
+        try:
+            return handle.wait()
+        except BaseException:
+            handle.cancel()
+            raise
+        finally:
+            watcher.stop()
 
     def _tampering(self, spec: RunSpec, before: bool) -> Optional[str]:
         """Before training: is the commit and worktree what was approved? After: did training change them?"""

@@ -505,8 +505,10 @@ def main():
     # Training loop: runs until the budget is spent; the schedule follows the fraction used
 
     os.makedirs(out_dir, exist_ok=True)
-    save = lambda name: torch.save({"model_args": model_args, "state_dict": raw_model.state_dict()},
-                                   os.path.join(out_dir, name))
+    def save(name):  # written aside, then renamed into place: the harness copies checkpoints as they appear
+        path = os.path.join(out_dir, name)
+        torch.save({"model_args": model_args, "state_dict": raw_model.state_dict()}, path + ".tmp")
+        os.replace(path + ".tmp", path)
     checkpoints = int(os.environ.get("AUTORESEARCH_CHECKPOINTS") or 0)  # the speedrun program's evaluator scores them
     step, tokens, training_time, smooth_loss, logged, saved = 0, 0, 0.0, 0.0, -1, 0
     x, y = next(data)
