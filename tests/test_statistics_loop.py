@@ -86,6 +86,26 @@ def test_an_implausible_jump_is_confirmed_on_more_seeds_and_the_test_split_and_f
     assert {r["split"] for r in heldout["runs"]} == {"test"}
 
 
+def test_an_implausible_jump_on_the_validation_split_only_is_discarded_when_its_test_interval_includes_zero(noisy):
+    # A change that fits the validation split: its test-split score is the parent's, up to the noise. Its paired
+    # test-split effect is above zero over the first two seeds (the point estimate that used to confirm it), but its
+    # interval over judge.CONFIRM_SEEDS seeds includes zero: not confirmed. (The toy's noise is seeded: no flakiness.)
+    path = noisy.root / "evaluate.py"
+    line = 'score = (model["LR"] - 3.0) ** 2 + abs(model["WIDTH"] - 8) / 10 + offset\n'
+    path.write_text(path.read_text().replace(line, line + 'if split == "test":\n'
+                                             '    score = 4.0 + abs(model["WIDTH"] - 8) / 10 + offset  # LR: no gain\n'))
+    noisy.git("commit", "-qam", "LR helps on the validation split only")
+    session(noisy, [change("LR tuned to the validation split", "LR = 1.0", "LR = 2.8")])
+    baseline, fitted = noisy.experiments()
+    assert fitted.state.value == "discarded" and len(fitted.runs) == 4 + 2
+    assert "not confirmed on the test split (test split effect +" in fitted.reason and "95% interval [-" in fitted.reason
+    (verification,) = status(noisy)["verifications"]
+    assert verification["kind"] == "implausible" and verification["settings"]["seeds"] == [0, 1, 2]
+    test = {(r["role"], r["seed"]): r["metric"] for r in verification["runs"]}
+    assert test[("baseline", 0)] + test[("baseline", 1)] > test[("candidate", 0)] + test[("candidate", 1)]
+    assert noisy.branch() == baseline.commit
+
+
 GAIN = change("an 8-sd gain", "WIDTH = 4", "WIDTH = 8")  # 0.4 better
 COMMENT = change("a comment only", "LR = 1.0     # best at 3", "LR = 1.0     # best at 3 (checked)")
 
@@ -132,12 +152,13 @@ def at(experiment, budget):
     return [r.seed for r in experiment.runs if r.budget == budget]
 
 
-def test_resuming_a_line_at_another_budget_re_baselines_the_best_there(budgeted):
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["serial", "two-slots"])
+def test_resuming_a_line_at_another_budget_re_baselines_the_best_there(budgeted, workers):
     # The case: a line calibrated at 2 s, resumed at 4 s, where every score is 0.25 lower. A comment-only
     # change was kept on one run, against the best's 2 s runs, with no noise known at 4 s.
     session(budgeted, [], "--budget", "2s")
     before = budgeted.experiments()[0].metric
-    result = session(budgeted, [NOTHING], "--budget", "4s")
+    result = session(budgeted, [NOTHING], "--budget", "4s", *workers)
     assert "re-calibrating on #0: it has no run at budget 4s (the line was measured at 2s)" in result.out
     baseline, nothing = budgeted.experiments()
     assert at(baseline, "2s") == at(baseline, "4s") == [0, 1, 2, 3, 4]
@@ -146,7 +167,10 @@ def test_resuming_a_line_at_another_budget_re_baselines_the_best_there(budgeted)
     assert nothing.effect == pytest.approx(statistics.fmean(baseline.metrics_at("4s"))
                                            - statistics.fmean(nothing.metrics), abs=1e-9)
     assert budgeted.branch() == baseline.commit
-    assert [(c["index"], c["budget"], c["runs"]) for c in status(budgeted)["noise"]] == [(0, "2s", 5), (0, "4s", 5)]
+    report = status(budgeted)
+    assert [(c["index"], c["budget"], c["runs"]) for c in report["noise"]] == [(0, "2s", 5), (0, "4s", 5)]
+    row = report["experiments"][1]
+    assert row["analysis"] == nothing.analysis in ("paired", "unpaired") and {r["budget"] for r in row["runs"]} == {"4s"}
 
 
 def test_a_best_that_fails_at_the_new_budget_stops_the_session_with_the_reason(budgeted):

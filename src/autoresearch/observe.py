@@ -47,9 +47,10 @@ def open_ledger(target: Target) -> Optional[Ledger]:
 
 
 def seed_stats(experiment: Experiment) -> tuple[Optional[float], Optional[float], int]:
-    """Mean, standard deviation (None below 2 seeds) and count of the finished runs' metrics."""
-    values = [r.metric for r in experiment.runs
-              if r.state is RunState.OK and r.metric is not None and math.isfinite(r.metric)]
+    """Mean, standard deviation (None below 2 seeds) and count of the finished runs' metrics at the budget it was
+    judged at (a best re-baselined at another budget has runs there too: another scale)."""
+    values = [r.metric for r in experiment.runs if r.state is RunState.OK and r.metric is not None
+              and math.isfinite(r.metric) and r.budget == experiment.budget]
     if not values:
         return None, None, 0
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)

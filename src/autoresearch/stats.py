@@ -2,9 +2,9 @@
 
 Noise model. The spread of the metric between runs of the same code with different seeds, as a
 standard deviation `sd` with `df` degrees of freedom. It is pooled over every experiment that has
-two or more successful runs (the baseline's calibration seeds first, then every confirmation),
-so the estimate sharpens as a session goes on. sd == 0 with df >= 1 means the metric is
-deterministic: one run decides.
+two or more successful runs at one budget (the baseline's calibration seeds first, then every
+confirmation), so the estimate sharpens as a session goes on. sd == 0 with df >= 1 means the metric
+is deterministic: one run decides.
 
 Decision. The effect d is the improvement of the candidate's mean over its parent's mean
 (positive is better, whatever the goal). Its standard error is sd * sqrt(1/n + 1/n_parent). The
@@ -12,8 +12,9 @@ margin the effect must clear is the user's minimum effect plus a price per net l
 (in noise units): a change that adds much code needs a larger gain, and one that removes code may
 be kept when it is not significantly worse than the margin allows (a non-inferiority test).
 
-    keep     when n >= 2 and d - t_keep * se > margin     (t_keep: one boundary for every look
-                                                           2..max_runs; see below)
+    keep     when n >= 2 and d - t_keep * se > margin     (unpaired; t_keep: one boundary for every
+                                                           look 2..max_runs; see below)
+    keep     when k >= 2 pairs and (mean(d_i) - margin) / (sd(d_i) / sqrt k) > t_k    (paired; below)
     discard  when d + t_stop * se < margin                 (a clear loser: stops after one run)
     discard  when n == max_runs and not kept
     else     one more run
@@ -21,11 +22,25 @@ be kept when it is not significantly worse than the margin allows (a non-inferio
 A single promising run is never kept: it triggers confirmation runs. t_keep is set so that a change
 that does nothing is kept with probability `significance` over all its looks together: the looks
 reuse the same runs, so splitting the significance evenly over them (Bonferroni) would waste most
-of it and cost power (benchmarks/judge.py measured 0.3% false keeps and 50% of 2-sd effects kept
-that way). The boundary is the (1 - significance) quantile of the largest t statistic over the
-looks when nothing changed, simulated from the noise model's degrees of freedom and the parent's
-number of runs (fixed random stream: the same inputs always give the same boundary). The stop for
-clear losers is left out of that simulation, so it can only lower the false-keep rate.
+of it and cost power. The boundary is the (1 - significance) quantile of the largest t statistic
+over the looks when nothing changed, simulated from the noise model's degrees of freedom and the
+parent's number of runs (fixed random stream: the same inputs always give the same boundary). The
+stop for clear losers is left out of that simulation, so it can only lower the false-keep rate.
+
+Pairing. Run i of every experiment uses seed i, so where the parent has runs with the candidate's
+seeds (same budget), each pair differs by the change plus whatever the seed does not fix: under a
+step or token budget the same initialisation and data order, unless the change moves the random
+stream. The paired test uses the differences d_i of the k pairs so far, with their own standard
+deviation: valid whatever the correlation of the pair, which depends on the change (a knob change
+keeps it high, a new parameter moves every initial weight) and so cannot be borrowed from other
+experiments: a pooled estimate of it would be set by the changes before, and a line of cosmetic
+changes (bit-identical runs) would drive it to zero. It runs beside the unpaired test, each at half
+the significance (so the false-keep rate stays within `significance` whatever the correlation), with
+one nominal level for every look k = 2..max_runs (a Student t quantile with k - 1 degrees of
+freedom each), simulated so that the looks together keep a change that does nothing with
+probability significance / 2. Whether pairs are there is settled by the parent's runs before the
+candidate's first run, so the split is fixed in advance; without pairs the unpaired test gets all
+of it. The verdict says which test decided (`analysis`).
 """
 
 from __future__ import annotations
@@ -213,6 +228,7 @@ def verdict(candidate: Sequence[float], parent: Sequence[float], noise: Noise, r
                        "deterministic")
     looks = min(paired_looks or 0, rule.max_runs)
     paired = looks >= 2  # decided by the parent's runs, before any of the candidate's: the split is fixed in advance
+    also = ""  # what the paired test said, when it did not keep
     if paired and len(pairs) >= 2:
         mean, pse, t = paired_t(pairs, need)
         bound = rule.paired_keep(len(pairs), looks)
@@ -220,8 +236,9 @@ def verdict(candidate: Sequence[float], parent: Sequence[float], noise: Noise, r
             return Verdict(True, mean, pse, need, n, f"paired effect {mean:+.4g} ± {pse:.2g} over {len(pairs)} seeds: "
                                                       f"t {t:.3g} clears {bound:.3g} (margin {need:.4g}{priced})",
                            "paired")
+        also = f"; paired {mean:+.4g} ± {pse:.2g}, t {t:.3g} below {bound:.3g}"
     se = noise.sd * math.sqrt(1 / n + 1 / n_parent)
-    shown = f"effect {effect:+.4g} ± {se:.2g} (n={n} vs {n_parent})"
+    shown = f"effect {effect:+.4g} ± {se:.2g} (n={n} vs {n_parent}{also})"
     share = rule.significance * (1 - PAIRED_SHARE) if paired else rule.significance
     low = effect - rule.t_keep(noise.df, n_parent, share) * se
     if n >= 2 and low > need:
