@@ -110,52 +110,62 @@ def pairing(pool: dict[str, dict[int, float]]) -> list[str]:
     base = pool["baseline"]
     sd = statistics.stdev(base.values())
     lines = []
-    for name in ("stream", "lr"):
+    for name in sorted(set(pool) - {"baseline"}):
         other = pool[name]
         diffs = [base[s] - other[s] for s in base]
         r = statistics.correlation(list(base.values()), [other[s] for s in base])
-        lines.append(f"  {name:6s}: sd of paired differences {statistics.stdev(diffs):.4f} = "
-                     f"{statistics.stdev(diffs) / (2 ** 0.5 * sd):.2f} x sqrt(2) sd; correlation {r:+.2f}")
+        lines.append(f"  {name:8s} paired differences: sd {statistics.stdev(diffs):.4f} = "
+                     f"{statistics.stdev(diffs) / (2 ** 0.5 * sd):.2f} x sqrt(2) sd of the baseline; correlation {r:+.2f}")
     return lines
+
+
+def describe(saved: dict, budget: str, pool: dict[str, dict[int, float]]) -> None:
+    runs = [run for run in saved["runs"] if run["budget"] == budget]
+    loads = [run["load"] for run in runs]
+    print(f"runs at {budget} on {saved['data']}: {len(pool['baseline'])} seeds of {', '.join(pool)} (load average "
+          f"{min(loads):.1f}-{max(loads):.1f} while they ran)")
+    for name, values in pool.items():
+        v = list(values.values())
+        steps = [run["steps"] for run in runs if run["variant"] == name and run["steps"] is not None]
+        spread = f", steps {min(steps):.0f}-{max(steps):.0f}" if steps and min(steps) != max(steps) else ""
+        print(f"  {name:8s} val_bpb {statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}{spread}")
+    print("\n".join(pairing(pool)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="the JSON file benchmarks/judge_runs.py wrote")
-    parser.add_argument("--budget", help="judge the runs at this budget (default: the one with most runs)")
     parser.add_argument("--trials", type=int, default=20000, help="simulated experiments per case")
     parser.add_argument("--json", metavar="FILE", help="write the results here")
     args = parser.parse_args()
     saved = json.loads(Path(args.runs).read_text())
-    budgets = [run["budget"] for run in saved["runs"]]
-    budget = args.budget or max(set(budgets), key=budgets.count)
-    pool = pools(saved, budget)
-    if set(pool) != {"baseline", "stream", "lr"} or len(pool["baseline"]) < CALIBRATION:
-        sys.exit(f"{args.runs} at {budget}: need the baseline, stream and lr variants on {CALIBRATION}+ common seeds")
     rule = Rule()
-    base = list(pool["baseline"].values())
-    loads = [run["load"] for run in saved["runs"] if run["budget"] == budget]
-    print(f"runs at {budget} on {saved['data']}, seeds 0..{len(base) - 1} of every variant (load average "
-          f"{min(loads):.1f}-{max(loads):.1f} while they ran)")
-    for name, values in pool.items():
-        v = list(values.values())
-        print(f"  {name:8s} val_bpb {statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}")
-    print("\n".join(pairing(pool)))
-    print(f"judge: significance {rule.significance}, max {rule.max_runs} runs; calibration {CALIBRATION} runs; "
-          f"{args.trials} simulated experiments per case; 1 sd = {statistics.stdev(base):.4f}\n")
-    results = simulate(pool, args.trials, rule)
-    header = (f"{'case':36s} {'judge: kept':>11s} {'runs':>5s} {'(paired)':>8s} {'unpaired: kept':>14s} {'runs':>5s} "
-              f"{'reference':>9s} {'fixed K=3':>9s}")
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        print(f"{r['case']:36s} {r['judge_keep_rate']:11.1%} {r['judge_runs']:5.2f} {r['judge_paired_share']:8.0%} "
-              f"{r['unpaired_keep_rate']:14.1%} {r['unpaired_runs']:5.2f} {r['reference_keep_rate']:9.1%} "
-              f"{r['fixed3_keep_rate']:9.1%}")
-    print("\n(paired): the share of the judge's keeps that its paired test decided. Runs per decision: reference 1, "
-          "fixed K=3: 3.")
+    out = {}
+    for budget in sorted({run["budget"] for run in saved["runs"]}):
+        pool = pools(saved, budget)
+        if "baseline" not in pool or len(pool["baseline"]) < 2:
+            continue
+        describe(saved, budget, pool)
+        if set(pool) != {"baseline", "stream", "lr"} or len(pool["baseline"]) < CALIBRATION:
+            print(f"  (no judge table: it needs the baseline, stream and lr variants on {CALIBRATION}+ seeds)\n")
+            continue
+        sd = statistics.stdev(pool["baseline"].values())
+        print(f"judge: significance {rule.significance}, max {rule.max_runs} runs; calibration {CALIBRATION} runs; "
+              f"{args.trials} simulated experiments per case; 1 sd = {sd:.4f}\n")
+        results = simulate(pool, args.trials, rule)
+        header = (f"{'case':36s} {'judge: kept':>11s} {'runs':>5s} {'(paired)':>8s} {'unpaired: kept':>14s} "
+                  f"{'runs':>5s} {'reference':>9s} {'fixed K=3':>9s}")
+        print(header)
+        print("-" * len(header))
+        for r in results:
+            print(f"{r['case']:36s} {r['judge_keep_rate']:11.1%} {r['judge_runs']:5.2f} {r['judge_paired_share']:8.0%} "
+                  f"{r['unpaired_keep_rate']:14.1%} {r['unpaired_runs']:5.2f} {r['reference_keep_rate']:9.1%} "
+                  f"{r['fixed3_keep_rate']:9.1%}")
+        print("\n(paired): the share of the judge's keeps that its paired test decided. Runs per decision: "
+              "reference 1, fixed K=3: 3.\n")
+        out[budget] = results
     if args.json:
-        Path(args.json).write_text(json.dumps({"budget": budget, "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"written to {args.json}")
 
 

@@ -233,3 +233,41 @@ def test_without_pairs_the_unpaired_test_gets_the_whole_significance():
     beside = verdict(*args, minimize=True, pairs=[5.0, -1.8], paired_looks=4)
     assert alone.keep is True and alone.analysis == "unpaired"
     assert beside.keep is None and "paired" in beside.reason
+
+
+def _config(rule="statistical"):
+    from autoresearch.config import Config
+
+    return Config.model_validate({"commands": {"train": "python train.py"}, "files": {"editable": ["train.py"]},
+                                  "metric": {"name": "score", "goal": "minimize"},
+                                  "judge": {"rule": rule}, "run": {"seeds": [0, 1]}})
+
+
+def _experiment(values, budget, state="baseline"):
+    from autoresearch.records import Experiment, RunRecord, RunState, State
+
+    runs = tuple(RunRecord(experiment_id=1, seed=i, state=RunState.OK, metric=v, budget=budget)
+                 for i, v in enumerate(values))
+    return Experiment(id=1, tag="t", index=0, state=State(state), parent=None, commit="c" * 40, description="best",
+                      agent="harness", metric=statistics.fmean(values), runs=runs)
+
+
+def test_the_statistical_rule_never_decides_on_one_run_against_an_unknown_noise():
+    from autoresearch import judge
+    from autoresearch.records import RunRecord, RunState
+
+    best = _experiment([2.0], "60s")  # one run at the budget: no spread to measure the noise by
+    run = RunRecord(experiment_id=2, seed=0, state=RunState.OK, metric=1.0, budget="60s")
+    decision = judge.decide([run], best, _config(), pooled_noise([[2.0], [1.0]]), budget="60s")
+    assert decision.state is None and "not known yet: one more run to measure it" in decision.reason
+
+
+@pytest.mark.parametrize("rule", ["statistical", "plain"])
+def test_a_parent_without_runs_at_the_budget_is_never_compared(rule):
+    from autoresearch import judge
+    from autoresearch.records import RunRecord, RunState
+
+    best = _experiment([2.0, 2.1], "60s")
+    runs = [RunRecord(experiment_id=2, seed=i, state=RunState.OK, metric=1.0, budget="120s") for i in (0, 1)]
+    with pytest.raises(ValueError, match="no successful run at budget 120s"):
+        judge.decide(runs, best, _config(rule), pooled_noise([[2.0, 2.1]]), budget="120s")
