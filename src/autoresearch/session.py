@@ -439,12 +439,13 @@ class Session:
             return best
         self.say(f"re-calibrating on #{best.index}: {why}")
         wanted = judge.runs_wanted(config, baseline=True)
-        tried = {run.seed for run in best.runs if run.budget == budget}
         for position in range(2 * wanted):  # the seeds a candidate's runs use, so that they pair
-            seed = judge.seed(config, position)
-            if len(self.ledger.experiment(best.id).metrics_at(budget)) >= wanted:
+            here = [run for run in self.ledger.experiment(best.id).runs if run.budget == budget]
+            succeeded = sum(run.state is RunState.OK for run in here)
+            if succeeded >= wanted or (not succeeded and len(here) >= 2):  # two failures and no success: it fails there
                 break
-            if seed not in tried:
+            seed = judge.seed(config, position)
+            if seed not in {run.seed for run in here}:
                 self.run_once(worktree, slot, best.commit, seed, experiment=best)
         best = self._refined(best)
         if not best.metrics_at(budget):
