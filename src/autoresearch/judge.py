@@ -4,12 +4,15 @@ A failed run (crashed, timed out, rejected, interrupted) decides at once: more s
 spend compute. Otherwise the rule of the [judge] table applies:
 
 - `statistical` (default): the sequential test of stats.py against the noise model. The i-th run
-  of every experiment uses seed i, so a candidate's runs pair with its parent's.
+  of every experiment uses seed i, so a candidate's runs pair with its parent's: where they do,
+  a paired test runs beside the unpaired one, and the decision says which decided (`analysis`).
 - `plain`: every seed of `run.seeds` runs, and the mean must beat the best by more than
   `min_effect`: the reference loop's rule, kept for comparison and for deterministic targets.
 
-The baseline runs `calibrate_seeds` times (statistical) so the noise is known before anything is
-judged against it.
+Runs are compared at one budget only: a candidate against its parent's runs at the session's
+budget, never a mean taken at another. The baseline runs `calibrate_seeds` times (statistical) so
+the noise is known before anything is judged against it; a best with no runs at the session's
+budget is re-baselined there first (`stale`, used by Session._recalibrated).
 """
 
 from __future__ import annotations
