@@ -39,8 +39,10 @@ the significance (so the false-keep rate stays within `significance` whatever th
 one nominal level for every look k = 2..max_runs (a Student t quantile with k - 1 degrees of
 freedom each), simulated so that the looks together keep a change that does nothing with
 probability significance / 2. Whether pairs are there is settled by the parent's runs before the
-candidate's first run, so the split is fixed in advance; without pairs the unpaired test gets all
-of it. The verdict says which test decided (`analysis`).
+candidate's first run, so the split is fixed in advance: the paired test runs where the parent has
+runs with three or more of the candidate's seeds (with two, its one look would have one degree of
+freedom); otherwise the unpaired test gets all of it. The verdict says which test decided
+(`analysis`).
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def verdict(candidate: Sequence[float], parent: Sequence[float], noise: Noise, r
     """The decision after the candidate's runs so far (`candidate`: their metrics, all successful).
 
     `pairs`: the candidate's improvements over the parent seed by seed, for the seeds both ran (positive is
-    better); `paired_looks`: how many pairs they can grow to (the parent's runs, at most max_runs). With two or
+    better); `paired_looks`: how many pairs they can grow to (the parent's runs, at most max_runs). With three or
     more, the paired test runs beside the unpaired one, each at its share of the significance."""
     n, n_parent = len(candidate), len(parent)
     if n == 0 or n_parent == 0:
@@ -227,7 +229,9 @@ def verdict(candidate: Sequence[float], parent: Sequence[float], noise: Noise, r
                                                     f"{need:.4g}{priced} (deterministic metric: one run decides)",
                        "deterministic")
     looks = min(paired_looks or 0, rule.max_runs)
-    paired = looks >= 2  # decided by the parent's runs, before any of the candidate's: the split is fixed in advance
+    # Decided by the parent's runs, before any of the candidate's, so the split is fixed in advance. Two pairs at most
+    # would give one look at one degree of freedom (a t boundary near 13): not worth half the significance.
+    paired = looks >= 3
     also = ""  # what the paired test said, when it did not keep
     if paired and len(pairs) >= 2:
         mean, pse, t = paired_t(pairs, need)
