@@ -1,152 +1,209 @@
-"""How often does the judge keep a change that does nothing, and how often a real one, at what compute?
+"""How often does the judge keep a change that does nothing, and how often a real one, at what compute? From real
+runs that share seeds, judged paired (as a session runs them) and unpaired.
 
-    python benchmarks/judge.py                          # 24 seeds per pool, 100-step budget, shakespeare
-    python benchmarks/judge.py --seeds 40 --budget 300steps --json judge.json
+    python benchmarks/judge_runs.py --out judge-runs.json --seeds 16 --budget 60steps   # collect (long; resumable)
+    python benchmarks/judge.py judge-runs.json                                           # judge (seconds)
 
-Two phases.
+The runs (judge_runs.py): the built-in GPT target's CPU preset, every variant run with seeds 0..N-1, so run i of a
+variant pairs with the baseline's run i as a candidate's run pairs with its parent's in a session. Each simulated
+experiment draws `calibrate_seeds` of the N seeds for the parent (the baseline variant; its noise model is that
+calibration plus the candidate's runs so far, as a fresh session's) and gives the candidate's runs the first of
+those seeds, in order, from the candidate variant. Cases:
 
-1. Pools of real runs, through the harness's own Runner and executor: the built-in GPT target's
-   CPU preset trained with --seeds different seeds, for the baseline code and for a real change
-   (MATRIX_LR halved: a learning-rate change whose true effect is estimated from its whole pool).
+- A/A: the candidate is the `stream` variant (one extra draw from torch's random stream before the model is built):
+  the expected result is the baseline's, but paired runs start from other weights, so they are not bit-identical.
+  Its runs are shifted by the difference of the two pools' means (sampling noise: with N seeds the pools differ by
+  chance), so that over these seeds it does exactly nothing; the pairing is untouched.
+- planted k sd: the A/A candidate's runs improved by exactly k times the baseline pool's seed-to-seed sd: effects of
+  known size, with the pairing of a change that moves the random stream (the harshest kind that keeps the data order).
+- same stream: the `lr` variant (MATRIX_LR x0.8, same stream and data order) shifted likewise to do nothing, then by
+  k sd: the pairing of a knob change.
+- real: the `lr` variant as it is.
 
-2. Decisions drawn from those pools (resampling without replacement inside each simulated
-   experiment; --trials of them per case):
-   - A/A: the candidate's runs come from the baseline pool: any keep is a false keep.
-   - planted: the candidate's runs are baseline-pool runs improved by exactly 1, 2 and 4 times the
-     pool's standard deviation, so the true effect is known.
-   - real: the candidate's runs come from the MATRIX_LR pool.
-   Each case is judged by our sequential judge (stats.verdict, with the noise model a session has
-   after calibrating the baseline on the default `calibrate_seeds` runs), by the reference loop's
-   rule (one run, kept when strictly better than the baseline's run), and by a fixed rule running K=3 seeds (kept when the
-   mean is better than the baseline's mean). Reported: keep rate and runs spent per decision.
-
-Not a test: phase 1 takes tens of minutes on a CPU. Re-running phase 2 on saved pools:
-`--pools FILE` (the JSON this script writes).
+Judged by the session's judge (stats.verdict: the paired test beside the unpaired one, each at half the
+significance, where pairs are there), by the unpaired analysis alone (stats.verdict given no pairs: the judge before
+pairing), by the reference loop's rule (one run, kept when lower than the parent's one run), and by a fixed rule of
+K=3 seeds (kept when the mean is lower). Reported: keep rate and runs per decision. The rates hold for these N seeds:
+a resampled experiment reuses them, so with N = 16 a rate near 5% is good to about +-2 points.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
-import shutil
 import statistics
 import sys
-import tempfile
+from collections import defaultdict
 from pathlib import Path
 
-from autoresearch import knobs
-from autoresearch.budget import Budget
+import numpy as np
+
 from autoresearch.config import JudgeSection
-from autoresearch.executor import LocalExecutor
-from autoresearch.records import RunState
-from autoresearch.runner import Runner, RunSpec
 from autoresearch.stats import Rule, pooled_noise, verdict
 
-from prepared_target import prepared_target
-
 CALIBRATION = JudgeSection().calibrate_seeds  # baseline runs a session calibrates on (the default)
-CHANGE = ("MATRIX_LR", 0.5)  # the real change: this constant times this factor
 
 
-def run_pools(work: Path, data: str, budget: Budget, seeds: int, device: str) -> dict[str, list[float]]:
-    target = prepared_target(work / "target", data)
-    root = target.root
-    variant = work / "variant"
-    shutil.copytree(root, variant, ignore=shutil.ignore_patterns(".autoresearch", ".git"))
-    source = (variant / "train.py").read_text()
-    name, factor = CHANGE
-    (variant / "train.py").write_text(knobs.set_value(source, name, knobs.read(source, name) * factor))
-    executor = LocalExecutor(device)
-    slot = executor.slots()[0]
-    runner = Runner(target, executor)
-    pools: dict[str, list[float]] = {"baseline": [], "change": []}
-    for seed in range(seeds):
-        for role, tree in (("baseline", root), ("change", variant)):
-            spec = RunSpec(0, tree, seed, budget, 3600.0, work / "runs" / f"{role}-{seed}")
-            record = runner.run(spec, slot)
-            if record.state is not RunState.OK:
-                sys.exit(f"{role} seed {seed}: {record.state.value}: {record.reason}\n{record.log_tail[-2000:]}")
-            pools[role].append(record.metric)
-            print(f"{role:8s} seed {seed:3d}: val_bpb {record.metric:.4f}  ({record.seconds:.0f}s)", flush=True)
-    return pools
+def pools(saved: dict, budget: str) -> dict[str, dict[int, float]]:
+    """{variant: {seed: val_bpb}} of the runs at `budget`, only seeds every variant has."""
+    by_variant: dict[str, dict[int, float]] = defaultdict(dict)
+    for run in saved["runs"]:
+        if run["budget"] == budget:
+            by_variant[run["variant"]][run["seed"]] = run["metric"]
+    common = set.intersection(*(set(v) for v in by_variant.values()))
+    return {name: {seed: values[seed] for seed in sorted(common)} for name, values in by_variant.items()}
 
 
-def simulate(pools: dict[str, list[float]], trials: int, rule: Rule, seed: int = 0) -> list[dict]:
+def sequential(parent: list[float], candidate: list[float], rule: Rule, paired: bool) -> tuple[bool, int, str]:
+    """The judge's decision on a candidate whose run i pairs with the parent's run i: (kept, runs, analysis)."""
+    runs: list[float] = []
+    for value in candidate:
+        runs.append(value)
+        noise = pooled_noise([parent, runs])
+        pairs = [p - c for p, c in zip(parent, runs)] if paired else ()
+        v = verdict(runs, parent, noise, rule, minimize=True, pairs=pairs,
+                    paired_looks=min(len(parent), rule.max_runs) if paired else None)
+        if v.keep is not None:
+            return bool(v.keep), len(runs), v.analysis
+    return False, len(runs), "unpaired"
+
+
+@functools.lru_cache(maxsize=8)
+def pooled_boundary(significance: float, looks: int, df: int) -> float:
+    """The one boundary of a paired test over looks n = 2..looks whose spread is known with `df` degrees of freedom."""
+    rng = np.random.default_rng(1)
+    diffs = rng.standard_normal((200_000, looks))
+    sd = np.sqrt(rng.chisquare(df, 200_000) / df)
+    t = [diffs[:, :n].mean(axis=1) * np.sqrt(n) / sd for n in range(2, looks + 1)]
+    return float(np.quantile(np.max(t, axis=0), 1 - significance))
+
+
+def pooled_paired(parent: list[float], candidate: list[float], rule: Rule, sd: float, df: int) -> tuple[bool, int]:
+    """What the targets need and the judge does not do: a paired test whose spread of differences is pooled over
+    other experiments (`sd`, `df`), so that two runs can decide. Same clear-loser stop as the judge's."""
+    bound = pooled_boundary(rule.significance, rule.max_runs, df)
+    diffs: list[float] = []
+    for p, c in zip(parent, candidate):
+        diffs.append(p - c)
+        se = sd / len(diffs) ** 0.5
+        mean = statistics.fmean(diffs)
+        if len(diffs) >= 2 and mean / se > bound:
+            return True, len(diffs)
+        if mean + rule.t_stop(df) * se < 0 or len(diffs) == rule.max_runs:
+            return False, len(diffs)
+    return False, len(diffs)
+
+
+def simulate(pool: dict[str, dict[int, float]], trials: int, rule: Rule, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
-    base = pools["baseline"]
-    sd = statistics.stdev(base)
-    change_effect = statistics.fmean(base) - statistics.fmean(pools["change"])
-    cases = [("A/A (no change)", "baseline", 0.0), ("planted 1 sd", "baseline", 1.0),
-             ("planted 2 sd", "baseline", 2.0), ("planted 4 sd", "baseline", 4.0),
-             (f"real: {CHANGE[0]} x{CHANGE[1]:g} ({change_effect / sd:+.2f} sd)", "change", 0.0)]
+    seeds = sorted(pool["baseline"])
+    base = pool["baseline"]
+    sd = statistics.stdev(base.values())
+    # What a variant's mean over these seeds differs from the baseline's by: its effect for the lr change, sampling
+    # noise for the stream change (whose expected result is the baseline's). Subtracted, the pools differ by nothing.
+    shift = {name: statistics.fmean(pool[name].values()) - statistics.fmean(base.values()) for name in ("stream", "lr")}
+    cases = [("A/A: random stream moved", "stream", shift["stream"])]
+    cases += [(f"planted {k:g} sd (stream moved)", "stream", shift["stream"] + k * sd) for k in (1, 2, 4)]
+    cases += [("A/A: same stream (lr, recentred)", "lr", shift["lr"])]
+    cases += [(f"planted {k:g} sd (same stream)", "lr", shift["lr"] + k * sd) for k in (1, 2, 4)]
+    cases += [(f"real: MATRIX_LR x0.8 ({-shift['lr'] / sd:+.2f} sd)", "lr", 0.0)]
+    # The pooled alternative's spread: the knob change's pairs over all N seeds, as a line of knob changes would
+    # teach it; right for the same-stream cases, what it would wrongly apply to the stream-moving ones.
+    knob_pairs = [base[s] - pool["lr"][s] for s in seeds]
+    pooled = (statistics.stdev(knob_pairs), len(seeds) - 1)
     results = []
-    for label, source, shift in cases:
-        kept = {"ours": 0, "reference": 0, "fixed3": 0}
-        runs = {"ours": 0, "reference": 0, "fixed3": 0}
+    for label, variant, shift in cases:
+        tally = {name: [0, 0] for name in ("judge", "unpaired", "pooled", "reference", "fixed3")}
+        paired_keeps = 0
         for _ in range(trials):
-            if source == "baseline":
-                draw = rng.sample(base, CALIBRATION + rule.max_runs)
-                parent, pool = draw[:CALIBRATION], [v - shift * sd for v in draw[CALIBRATION:]]
-            else:
-                parent = rng.sample(base, CALIBRATION)
-                pool = rng.sample(pools["change"], rule.max_runs)
-            noise = pooled_noise([parent])
-            candidate = []
-            for value in pool:
-                candidate.append(value)
-                v = verdict(candidate, parent, noise, rule, minimize=True)
-                if v.keep is not None:
-                    break
-            kept["ours"] += bool(v.keep)
-            runs["ours"] += len(candidate)
-            kept["reference"] += pool[0] < parent[0]  # one run against the best's one run
-            runs["reference"] += 1
-            kept["fixed3"] += statistics.fmean(pool[:3]) < statistics.fmean(parent)
-            runs["fixed3"] += 3
-        results.append({"case": label, **{f"{k}_keep_rate": kept[k] / trials for k in kept},
-                        **{f"{k}_runs": runs[k] / trials for k in runs}})
+            drawn = rng.sample(seeds, CALIBRATION)
+            parent = [base[s] for s in drawn]
+            candidate = [pool[variant][s] - shift for s in drawn[:rule.max_runs]]
+            for name, paired in (("judge", True), ("unpaired", False)):
+                kept, runs, analysis = sequential(parent, candidate, rule, paired)
+                tally[name][0] += kept
+                tally[name][1] += runs
+                paired_keeps += kept and analysis == "paired"
+            kept, runs = pooled_paired(parent, candidate, rule, *pooled)
+            tally["pooled"][0] += kept
+            tally["pooled"][1] += runs
+            tally["reference"][0] += candidate[0] < parent[0]
+            tally["reference"][1] += 1
+            tally["fixed3"][0] += statistics.fmean(candidate[:3]) < statistics.fmean(parent)
+            tally["fixed3"][1] += 3
+        row = {"case": label}
+        for name, (kept, runs) in tally.items():
+            row[f"{name}_keep_rate"], row[f"{name}_runs"] = kept / trials, runs / trials
+        row["judge_paired_share"] = paired_keeps / max(1, tally["judge"][0])
+        results.append(row)
     return results
+
+
+def pairing(pool: dict[str, dict[int, float]]) -> list[str]:
+    """How much pairing buys: the sd of seed-paired differences next to that of unpaired ones (sqrt 2 sd)."""
+    base = pool["baseline"]
+    sd = statistics.stdev(base.values())
+    lines = []
+    for name in sorted(set(pool) - {"baseline"}):
+        other = pool[name]
+        diffs = [base[s] - other[s] for s in base]
+        r = statistics.correlation(list(base.values()), [other[s] for s in base])
+        lines.append(f"  {name:8s} paired differences: sd {statistics.stdev(diffs):.4f} = "
+                     f"{statistics.stdev(diffs) / (2 ** 0.5 * sd):.2f} x sqrt(2) sd of the baseline; correlation {r:+.2f}")
+    return lines
+
+
+def describe(saved: dict, budget: str, pool: dict[str, dict[int, float]]) -> None:
+    runs = [run for run in saved["runs"] if run["budget"] == budget]
+    loads = [run["load"] for run in runs]
+    print(f"runs at {budget} on {saved['data']}: {len(pool['baseline'])} seeds of {', '.join(pool)} (load average "
+          f"{min(loads):.1f}-{max(loads):.1f} while they ran)")
+    for name, values in pool.items():
+        v = list(values.values())
+        steps = [run["steps"] for run in runs if run["variant"] == name and run["steps"] is not None]
+        spread = f", steps {min(steps):.0f}-{max(steps):.0f}" if steps and min(steps) != max(steps) else ""
+        print(f"  {name:8s} val_bpb {statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}{spread}")
+    print("\n".join(pairing(pool)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", default="100steps", help="per run (a step budget: independent of machine load)")
-    parser.add_argument("--seeds", type=int, default=24, help="runs per pool")
-    parser.add_argument("--data", default="shakespeare", help="shakespeare or stdlib")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("runs", help="the JSON file benchmarks/judge_runs.py wrote")
     parser.add_argument("--trials", type=int, default=20000, help="simulated experiments per case")
-    parser.add_argument("--pools", metavar="FILE", help="skip phase 1: read the pools from this JSON")
-    parser.add_argument("--json", metavar="FILE", help="write pools and results here")
+    parser.add_argument("--json", metavar="FILE", help="write the results here")
     args = parser.parse_args()
-    budget = Budget.parse(args.budget)
-    if args.pools:
-        saved = json.loads(Path(args.pools).read_text())
-        pools, info = saved["pools"], saved["info"]
-    else:
-        work = Path(tempfile.mkdtemp(prefix="judge-bench-"))
-        try:
-            pools = run_pools(work, args.data, budget, args.seeds, args.device)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        info = {"budget": str(budget), "data": args.data, "seeds": args.seeds, "device": args.device}
+    saved = json.loads(Path(args.runs).read_text())
     rule = Rule()
-    results = simulate(pools, args.trials, rule)
-    base, change = pools["baseline"], pools["change"]
-    print(f"\npools ({info['budget']}, {info['data']}, {len(base)} seeds each): baseline val_bpb "
-          f"{statistics.fmean(base):.4f} ± {statistics.stdev(base):.4f}, {CHANGE[0]} x{CHANGE[1]:g} "
-          f"{statistics.fmean(change):.4f} ± {statistics.stdev(change):.4f}")
-    print(f"judge: significance {rule.significance}, max {rule.max_runs} runs; calibration {CALIBRATION} runs; "
-          f"{args.trials} simulated experiments per case\n")
-    header = f"{'case':34s} {'ours: kept':>10s} {'runs':>5s} {'reference: kept':>16s} {'fixed K=3: kept':>16s}"
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        print(f"{r['case']:34s} {r['ours_keep_rate']:10.1%} {r['ours_runs']:5.2f} {r['reference_keep_rate']:16.1%} "
-              f"{r['fixed3_keep_rate']:16.1%}")
-    print("\nruns per decision: reference 1, fixed K=3: 3")
+    out = {}
+    for budget in sorted({run["budget"] for run in saved["runs"]}):
+        pool = pools(saved, budget)
+        if "baseline" not in pool or len(pool["baseline"]) < 2:
+            continue
+        describe(saved, budget, pool)
+        if set(pool) != {"baseline", "stream", "lr"} or len(pool["baseline"]) < CALIBRATION:
+            print(f"  (no judge table: it needs the baseline, stream and lr variants on {CALIBRATION}+ seeds)\n")
+            continue
+        sd = statistics.stdev(pool["baseline"].values())
+        print(f"judge: significance {rule.significance}, max {rule.max_runs} runs; calibration {CALIBRATION} runs; "
+              f"{args.trials} simulated experiments per case; 1 sd = {sd:.4f}\n")
+        results = simulate(pool, args.trials, rule)
+        header = (f"{'case':36s} {'judge: kept':>11s} {'runs':>5s} {'(paired)':>8s} {'unpaired: kept':>14s} "
+                  f"{'runs':>5s} {'pooled: kept':>12s} {'runs':>5s} {'reference':>9s} {'fixed K=3':>9s}")
+        print(header)
+        print("-" * len(header))
+        for r in results:
+            print(f"{r['case']:36s} {r['judge_keep_rate']:11.1%} {r['judge_runs']:5.2f} {r['judge_paired_share']:8.0%} "
+                  f"{r['unpaired_keep_rate']:14.1%} {r['unpaired_runs']:5.2f} {r['pooled_keep_rate']:12.1%} "
+                  f"{r['pooled_runs']:5.2f} {r['reference_keep_rate']:9.1%} {r['fixed3_keep_rate']:9.1%}")
+        print("\njudge: the session's (paired beside unpaired); (paired): the share of its keeps the paired test decided. "
+              "unpaired: the unpaired test alone (the judge before pairing). pooled: a paired test whose spread is "
+              "pooled from the knob change's pairs (not used: see stats.py). Runs per decision: reference 1, fixed "
+              "K=3: 3.\n")
+        out[budget] = results
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "pools": pools, "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"written to {args.json}")
 
 

@@ -155,3 +155,31 @@ def test_latest_tag_is_the_one_with_the_latest_session(ledger):
     assert ledger.latest_tag() == "u"
     ledger.start_session("t", "scripted", "1s", [], 1)
     assert ledger.latest_tag() == "t"
+
+
+def test_runs_recorded_before_run_budgets_get_the_budget_of_the_session_they_ran_in(tmp_path, monkeypatch):
+    # A calibration at another budget adds runs to an experiment of an earlier session: each run's budget is the one
+    # of the session that was open when it finished (one session per target at a time), not its experiment's.
+    import autoresearch.ledger as ledger_module
+
+    before = [i for i, (name, _) in enumerate(MIGRATIONS) if name.endswith("_run_budget")][0]
+    path = tmp_path / "ledger.sqlite"
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS[:before])
+        old = Ledger(path)
+        old.create_tag("t", "autoresearch/t", BASE)
+        for session, budget, started in ((1, "60s", 100.0), (2, "30s", 200.0)):
+            old.db.execute("INSERT INTO sessions (id, tag, agent, budget, argv, pid, started_at) "
+                           "VALUES (?, 't', 'x', ?, '[]', 1, ?)", (session, budget, started))
+        old.db.execute("INSERT INTO experiments (id, tag, idx, session_id, state, commit_sha, description, agent, "
+                       "created_at) VALUES (1, 't', 0, 1, 'baseline', ?, 'baseline', 'harness', 100.0)", (BASE,))
+        for seed, finished in ((0, 150.0), (1, 160.0), (2, 250.0)):
+            old.db.execute("INSERT INTO runs (experiment_id, seed, state, metric, finished_at) VALUES (1, ?, 'ok', 1.0, ?)",
+                           (seed, finished))
+        old.db.commit()
+        old.close()
+    ledger = Ledger(path)
+    (baseline,) = ledger.experiments("t")
+    assert [(r.seed, r.budget) for r in baseline.runs] == [(0, "60s"), (1, "60s"), (2, "30s")]
+    assert baseline.budget == "60s" and baseline.metrics_at("30s") == [1.0]
+    ledger.close()

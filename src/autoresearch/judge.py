@@ -4,12 +4,15 @@ A failed run (crashed, timed out, rejected, interrupted) decides at once: more s
 spend compute. Otherwise the rule of the [judge] table applies:
 
 - `statistical` (default): the sequential test of stats.py against the noise model. The i-th run
-  of every experiment uses seed i, so a candidate's runs pair with its parent's.
+  of every experiment uses seed i, so a candidate's runs pair with its parent's: where they do,
+  a paired test runs beside the unpaired one, and the decision says which decided (`analysis`).
 - `plain`: every seed of `run.seeds` runs, and the mean must beat the best by more than
   `min_effect`: the reference loop's rule, kept for comparison and for deterministic targets.
 
-The baseline runs `calibrate_seeds` times (statistical) so the noise is known before anything is
-judged against it.
+Runs are compared at one budget only: a candidate against its parent's runs at the session's
+budget, never a mean taken at another. The baseline runs `calibrate_seeds` times (statistical) so
+the noise is known before anything is judged against it; a best with no runs at the session's
+budget is re-baselined there first (`stale`, used by Session._recalibrated).
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ class Decision:
     effect: Optional[float] = None  # improvement over the best, positive is better
     se: Optional[float] = None
     margin: Optional[float] = None
+    analysis: Optional[str] = None  # what decided: paired, unpaired, deterministic, plain (None: a failure, a baseline)
+
+
+CONFIRM_SEEDS = 3  # seeds of the test-split comparison that confirms an implausible jump (its interval needs pairs)
 
 
 def rule(config: Config) -> stats.Rule:
@@ -63,8 +70,51 @@ def seed_ignored(values: list[float]) -> bool:
     return len(values) >= 2 and max(values) - min(values) <= 1e-12 * max(1.0, abs(values[0]))
 
 
-def decide(runs: list[RunRecord], best: Optional[Experiment], config: Config, noise: stats.Noise,
+def differences(runs: list[RunRecord], parent: list[RunRecord]) -> list[float]:
+    """Parent minus candidate for every seed both ran successfully (the sign of "better" left to the caller)."""
+    by_seed = {run.seed: run.metric for run in parent if run.state is RunState.OK and run.metric is not None}
+    return [by_seed[run.seed] - run.metric for run in runs
+            if run.state is RunState.OK and run.metric is not None and run.seed in by_seed]
+
+
+def stale(best: Experiment, budget: str, noise: stats.Noise, calibrated: Optional[float], config: Config) -> Optional[str]:
+    """Why the best needs more runs at `budget` before a change is compared with it, or None.
+
+    No run there: the line was measured at another budget, and comparing across budgets compares the budgets, so
+    the best is re-baselined there. Too few runs (statistical rule) while the noise is unknown, or while the best
+    is more than `recalibrate_after` noise sds from the mean of the last calibration (`calibrated`) at the budget:
+    the noise may differ where the metric is now."""
+    values = best.metrics_at(budget)
+    wanted = runs_wanted(config, baseline=True)
+    if not values:
+        return (f"it has no run at budget {budget} (the line was measured at {best.budget}): re-baselining it there "
+                f"on {wanted} seeds")
+    if len(values) >= wanted or config.judge.rule != "statistical":
+        return None
+    if not noise.known:
+        return f"the noise at budget {budget} is unknown"
+    moved = abs(statistics.fmean(values) - calibrated) / noise.sd if calibrated is not None and noise.sd > 0 else 0.0
+    if moved > config.judge.recalibrate_after:
+        return f"the best moved {moved:.0f} noise sds since the last calibration"
+    return None
+
+
+def confirmed_on_test(effect: dict) -> tuple[bool, str]:
+    """Whether a test-split comparison (verify.paired_effect) confirms a gain: the lower end of its paired
+    interval above zero, not a point estimate. And what to say about it."""
+    if effect["effect"] is None:
+        return False, effect["verdict"]
+    if effect["ci"] is None:
+        return False, f"test split effect {effect['effect']:+.4g} with {effect['verdict']}"
+    low, high = effect["ci"]
+    shown = f"test split effect {effect['effect']:+.4g}, 95% interval [{low:+.4g}, {high:+.4g}] over {effect['pairs']} seeds"
+    return low > 0, shown
+
+
+def decide(runs: list[RunRecord], best: Optional[Experiment], config: Config, noise: stats.Noise, *, budget: str,
            lines_added: int = 0, lines_removed: int = 0) -> Decision:
+    """The decision after `runs` (all at `budget`) against the best's runs at that budget (never at another);
+    `noise`: the noise model at the budget."""
     for run_state, outcome in FAILURES:
         failed = [run for run in runs if run.state is run_state]
         if failed:
@@ -75,26 +125,35 @@ def decide(runs: list[RunRecord], best: Optional[Experiment], config: Config, no
         if len(runs) < runs_wanted(config, baseline=True) and not (config.judge.rule == "statistical"
                                                                   and seed_ignored(values)):
             return Decision(None, metric, "calibrating")
-        return Decision(State.BASELINE, metric, f"baseline over {len(runs)} run{'s' * (len(runs) > 1)}; "
+        return Decision(State.BASELINE, metric, f"baseline over {len(runs)} run{'s' * (len(runs) > 1)} at {budget}; "
                                                 f"noise {noise.describe()}")
+    parent = best.runs_at(budget)
+    if not parent:  # Session._recalibrated re-baselines the best first: this is a harness bug, never a guess
+        raise ValueError(f"#{best.index} has no successful run at budget {budget} to compare with")
     name = config.metric.name
-    if config.judge.rule == "plain" or not noise.known:
-        if len(runs) < len(config.run.seeds) and config.judge.rule == "plain":
+    if config.judge.rule == "plain":
+        if len(runs) < len(config.run.seeds):
             return Decision(None, metric, "more seeds")
-        effect = (best.metric - metric) if config.minimize else (metric - best.metric)
+        reference = statistics.fmean(run.metric for run in parent)
+        effect = (reference - metric) if config.minimize else (metric - reference)
         need = config.judge.min_effect
         if effect > need:
-            return Decision(State.KEPT, metric, f"{name} {metric:.6g} beats {best.metric:.6g} by {effect:.3g}",
-                            effect, None, need)
-        return Decision(State.DISCARDED, metric,
-                        f"{name} {metric:.6g} does not beat {best.metric:.6g} by more than {need:g}", effect, None, need)
-    verdict = stats.verdict(values, best.metrics or [best.metric], noise, rule(config), minimize=config.minimize,
-                            lines_added=lines_added, lines_removed=lines_removed)
+            return Decision(State.KEPT, metric, f"{name} {metric:.6g} beats {reference:.6g} by {effect:.3g}",
+                            effect, None, need, "plain")
+        return Decision(State.DISCARDED, metric, f"{name} {metric:.6g} does not beat {reference:.6g} by more than "
+                                                 f"{need:g}", effect, None, need, "plain")
+    if not noise.known:  # never one run against an unknown noise: a second run of the candidate measures it
+        return Decision(None, metric, f"the noise at budget {budget} is not known yet: one more run to measure it")
+    sign = 1.0 if config.minimize else -1.0
+    seeds = {seed(config, position) for position in range(config.judge.max_runs)}  # what the candidate's runs use
+    verdict = stats.verdict(values, [run.metric for run in parent], noise, rule(config), minimize=config.minimize,
+                            lines_added=lines_added, lines_removed=lines_removed,
+                            pairs=[sign * d for d in differences(runs, parent)],
+                            paired_looks=len(seeds & {run.seed for run in parent}))
     se = verdict.se if math.isfinite(verdict.se) else None
-    if verdict.keep is None:
-        return Decision(None, metric, verdict.reason, verdict.effect, se, verdict.margin)
-    return Decision(State.KEPT if verdict.keep else State.DISCARDED, metric, f"{name} {metric:.6g}: {verdict.reason}",
-                    verdict.effect, se, verdict.margin)
+    state = None if verdict.keep is None else State.KEPT if verdict.keep else State.DISCARDED
+    reason = verdict.reason if state is None else f"{name} {metric:.6g}: {verdict.reason}"
+    return Decision(state, metric, reason, verdict.effect, se, verdict.margin, verdict.analysis)
 
 
 def implausible(decision: Decision, noise: stats.Noise, best_gain: Optional[float], config: Config) -> Optional[str]:

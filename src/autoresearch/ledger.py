@@ -204,11 +204,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX transfer_runs_by_transfer ON transfer_runs(transfer_id);
     """),
+    ("009_run_budget", """
+        ALTER TABLE runs ADD COLUMN budget TEXT;
+        ALTER TABLE experiments ADD COLUMN analysis TEXT;
+        -- a run happened inside the session of its tag that had started last (one session per target at a time)
+        UPDATE runs SET budget = (
+            SELECT s.budget FROM sessions s JOIN experiments e ON e.tag = s.tag
+            WHERE e.id = runs.experiment_id AND s.started_at <= runs.finished_at
+            ORDER BY s.started_at DESC LIMIT 1);
+    """),
 ]
 
 _EXPERIMENT_COLUMNS = ("id, tag, idx, state, parent, commit_sha, description, agent, diff, lines_added, "
                        "lines_removed, reason, knobs, metric, seconds, session_id, created_at, finished_at, "
-                       "effect, effect_se, margin, slot, proposed_on, origin")
+                       "effect, effect_se, margin, slot, proposed_on, origin, analysis")
 
 
 def _serialised(cls):
@@ -318,7 +327,8 @@ class Ledger:
 
     def set_state(self, experiment_id: int, state: State, *, metric: Optional[float] = None,
                   reason: Optional[str] = None, seconds: Optional[float] = None, effect: Optional[float] = None,
-                  effect_se: Optional[float] = None, margin: Optional[float] = None) -> Experiment:
+                  effect_se: Optional[float] = None, margin: Optional[float] = None,
+                  analysis: Optional[str] = None) -> Experiment:
         """Move an experiment to a new state; a final state is written once and never changed."""
         with self._transaction():
             (current,) = self.db.execute("SELECT state FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
@@ -326,8 +336,9 @@ class Ledger:
                 raise ValueError(f"experiment {experiment_id} is already {current}; a finished experiment is immutable")
             self.db.execute(
                 "UPDATE experiments SET state = ?, metric = COALESCE(?, metric), reason = COALESCE(?, reason), "
-                "seconds = COALESCE(?, seconds), effect = ?, effect_se = ?, margin = ?, finished_at = ? WHERE id = ?",
-                (State(state).value, metric, reason, seconds, effect, effect_se, margin,
+                "seconds = COALESCE(?, seconds), effect = ?, effect_se = ?, margin = ?, analysis = ?, finished_at = ? "
+                "WHERE id = ?",
+                (State(state).value, metric, reason, seconds, effect, effect_se, margin, analysis,
                  time.time() if State(state).final else None, experiment_id))
         return self.experiment(experiment_id)
 
@@ -343,10 +354,11 @@ class Ledger:
         with self._transaction():
             cursor = self.db.execute(
                 "INSERT INTO runs (experiment_id, seed, state, metric, metrics, seconds, peak_memory_mb, exit_code, "
-                "reason, log_tail, log_path, finished_at, slot, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reason, log_tail, log_path, finished_at, slot, started_at, budget) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run.experiment_id, run.seed, RunState(run.state).value, run.metric, json.dumps(run.metrics),
                  run.seconds, run.peak_memory_mb, run.exit_code, run.reason, run.log_tail, run.log_path,
-                 time.time(), run.slot, run.started_at))
+                 time.time(), run.slot, run.started_at, run.budget))
             for flag in run.flags:
                 self._insert_flag(run.experiment_id, cursor.lastrowid, flag)
 
@@ -443,24 +455,26 @@ class Ledger:
             chunk = ids[start:start + 500]
             for row in self.db.execute(
                     "SELECT id, experiment_id, seed, state, metric, metrics, seconds, peak_memory_mb, exit_code, "
-                    f"reason, log_tail, log_path, slot, started_at FROM runs WHERE experiment_id IN ({','.join('?' * len(chunk))}) "
+                    f"reason, log_tail, log_path, slot, started_at, budget FROM runs WHERE experiment_id IN ({','.join('?' * len(chunk))}) "
                     "ORDER BY id", chunk):
                 out.setdefault(row[1], []).append(RunRecord(
                     id=row[0], experiment_id=row[1], seed=row[2], state=RunState(row[3]), metric=row[4],
                     metrics=json.loads(row[5]), seconds=row[6], peak_memory_mb=row[7], exit_code=row[8],
-                    reason=row[9], log_tail=row[10], log_path=row[11], slot=row[12], started_at=row[13]))
+                    reason=row[9], log_tail=row[10], log_path=row[11], slot=row[12], started_at=row[13],
+                    budget=row[14]))
         return {key: tuple(value) for key, value in out.items()}
 
     @staticmethod
     def _experiment(row: tuple, runs: tuple) -> Experiment:
         (id_, tag, idx, state, parent, commit, description, agent, diff, added, removed, reason, knobs, metric,
-         seconds, session_id, created_at, finished_at, effect, effect_se, margin, slot, proposed_on, origin) = row
+         seconds, session_id, created_at, finished_at, effect, effect_se, margin, slot, proposed_on, origin,
+         analysis) = row
         return Experiment(id=id_, tag=tag, index=idx, state=State(state), parent=parent, commit=commit,
                           description=description, agent=agent, diff=diff, lines_added=added,
                           lines_removed=removed, reason=reason, knobs=json.loads(knobs), metric=metric,
                           seconds=seconds, session_id=session_id, created_at=created_at,
                           finished_at=finished_at, effect=effect, effect_se=effect_se, margin=margin, runs=runs,
-                          slot=slot, proposed_on=proposed_on, origin=origin)
+                          slot=slot, proposed_on=proposed_on, origin=origin, analysis=analysis)
 
     def slot_activity(self, tag: str) -> list[dict]:
         """Per slot, over the tag's sessions: runs, busy seconds (wall time of its runs), the span from

@@ -50,11 +50,11 @@ def experiment_dict(e: Experiment) -> dict:
         "id": e.index, "state": e.state.value, "metric": e.metric, "commit": e.commit, "parent": e.parent,
         "description": e.description, "seconds": e.seconds, "agent": e.agent, "reason": e.reason,
         "lines_added": e.lines_added, "lines_removed": e.lines_removed, "knobs": e.knobs,
-        "effect": e.effect, "effect_se": e.effect_se, "margin": e.margin,
+        "effect": e.effect, "effect_se": e.effect_se, "margin": e.margin, "analysis": e.analysis,
         "slot": e.slot, "proposed_on": e.proposed_on, "origin": e.origin,
         "runs": [{"seed": r.seed, "state": r.state.value, "metric": r.metric, "seconds": r.seconds,
                   "peak_memory_mb": r.peak_memory_mb, "reason": r.reason, "log": r.log_path, "slot": r.slot,
-                  "started_at": r.started_at} for r in e.runs],
+                  "started_at": r.started_at, "budget": r.budget} for r in e.runs],
     }
 
 
@@ -134,9 +134,10 @@ def summary(status: dict) -> dict:
 
 
 def seed_stats(experiment: Experiment) -> tuple[Optional[float], Optional[float], int]:
-    """Mean, standard deviation (None below 2 seeds) and count of the finished runs' metrics."""
-    values = [r.metric for r in experiment.runs
-              if r.state is RunState.OK and r.metric is not None and math.isfinite(r.metric)]
+    """Mean, standard deviation (None below 2 seeds) and count of the finished runs' metrics at the budget it was
+    judged at (a best re-baselined at another budget has runs there too: another scale)."""
+    values = [r.metric for r in experiment.runs if r.state is RunState.OK and r.metric is not None
+              and math.isfinite(r.metric) and r.budget == experiment.budget]
     if not values:
         return None, None, 0
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)

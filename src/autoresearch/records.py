@@ -66,6 +66,7 @@ class RunRecord:
     id: Optional[int] = None
     slot: Optional[str] = None  # where it ran (Slot.name)
     started_at: Optional[float] = None  # wall clock (time.time()) when its first command started
+    budget: Optional[str] = None  # the budget it ran under ("60s", "500steps"): only runs at one budget compare
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Experiment:
     slot: Optional[str] = None  # the slot its runs used
     proposed_on: Optional[str] = None  # the best commit the agent saw, when the change was rebased onto a newer one
     origin: Optional[int] = None  # stacked: the index of the experiment whose change this re-applies
+    analysis: Optional[str] = None  # what decided: paired / unpaired / deterministic / plain (judge.py)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +109,19 @@ class Experiment:
     def metrics(self) -> list[float]:
         """The metric of each successful run."""
         return [run.metric for run in self.runs if run.state is RunState.OK and run.metric is not None]
+
+    @property
+    def budget(self) -> Optional[str]:
+        """The budget it was judged at: its first run's (runs added later, e.g. by calibration, may differ)."""
+        return self.runs[0].budget if self.runs else None
+
+    def runs_at(self, budget: str) -> list[RunRecord]:
+        """Its successful runs under `budget`: the only ones a comparison at that budget may use."""
+        return [run for run in self.runs if run.state is RunState.OK and run.metric is not None
+                and run.budget == budget]
+
+    def metrics_at(self, budget: str) -> list[float]:
+        return [run.metric for run in self.runs_at(budget)]
 
 
 @dataclass(frozen=True)

@@ -205,8 +205,7 @@ class Session:
                 runs += self.slots.map([self.job(experiment.commit, judge.seed(config, len(runs) + i),
                                                  experiment=experiment) for i in range(max(1, count))],
                                        held=(worktree, slot))
-                decision = self._constrained(experiment, runs, best, judge.decide(
-                    runs, best, config, self.noise(runs), experiment.lines_added, experiment.lines_removed))
+                decision = self._constrained(experiment, runs, best, self._decide(experiment, runs, best))
                 if decision.state is None:
                     self.say(f"#{experiment.index} run {len(runs)}: {decision.reason}")
             suspicion = judge.implausible(decision, self.noise(runs), self._best_gain(), config)
@@ -224,7 +223,7 @@ class Session:
         seconds = sum(run.seconds for run in runs)
         finished = self.ledger.set_state(experiment.id, decision.state, metric=decision.metric, reason=decision.reason,
                                          seconds=seconds, effect=decision.effect, effect_se=decision.se,
-                                         margin=decision.margin)
+                                         margin=decision.margin, analysis=decision.analysis)
         if decision.state is State.KEPT:
             self.update_ref(f"refs/heads/{self.branch}", experiment.commit, best.commit)
         if decision.state is State.BASELINE:
@@ -248,7 +247,8 @@ class Session:
         spec = RunSpec(experiment.id if experiment else 0, worktree.root, seed, budget or self.budget,
                        timeout or self._timeout(budget), directory, split=split, commit=commit)
         refs = self.refs.snapshot() if self.refs else self.target.git.refs()
-        run = self.executor.execute(Runner(self.target, self.executor, self.protected), spec, slot)
+        run = dataclasses.replace(self.executor.execute(Runner(self.target, self.executor, self.protected), spec, slot),
+                                  budget=str(spec.budget))  # only runs at one budget are ever compared
         moved = self.refs.restore(refs) if self.refs else integrity.restore_refs(self.target.git, refs)
         if moved:
             problem = f"the run changed git refs: {'; '.join(moved)} (put back)"
@@ -265,24 +265,27 @@ class Session:
     # ---------------------------------------------------------------- statistics
 
     def noise(self, current: Optional[list] = None) -> stats.Noise:
-        """The noise model: pooled over this line's experiments run under the session's budget, and the runs
-        of the experiment in flight."""
+        """The noise model at the session's budget: pooled over this line's runs at that budget (one group per
+        experiment), and the runs of the experiment in flight."""
         budget = str(self.budget)
-        same = {s["id"] for s in self.ledger.sessions(self.tag) if s["budget"] == budget}
-        groups = [e.metrics for e in self.ledger.experiments(self.tag) if e.session_id in same
-                  and not (current and e.id == current[0].experiment_id)]
+        skip = current[0].experiment_id if current else None
+        groups = [e.metrics_at(budget) for e in self.ledger.experiments(self.tag) if e.id != skip]
         if current:
             groups.append([r.metric for r in current if r.state is RunState.OK])
         return stats.pooled_noise(groups)
 
     def _best_gain(self) -> Optional[float]:
-        gains = [e.effect for e in self.ledger.experiments(self.tag) if e.state is State.KEPT and e.effect]
+        """The largest gain kept at the session's budget (a gain at another budget is another scale)."""
+        budget = str(self.budget)
+        gains = [e.effect for e in self.ledger.experiments(self.tag)
+                 if e.state is State.KEPT and e.effect and e.budget == budget]
         return max(gains) if gains else None
 
     def _record_noise(self, experiment: Experiment) -> dict:
-        values = experiment.metrics
-        steps = [r.metrics["num_steps"] for r in experiment.runs if r.state is RunState.OK
-                 and "num_steps" in r.metrics]
+        """The calibration of `experiment` at the session's budget (its runs at other budgets left out)."""
+        runs = experiment.runs_at(str(self.budget))
+        values = [run.metric for run in runs]
+        steps = [r.metrics["num_steps"] for r in runs if "num_steps" in r.metrics]
         pooled = self.noise()
         low, high = stats.confidence_interval(values) if len(values) > 1 else (None, None)
         record = {"runs": len(values), "mean": statistics.fmean(values) if values else None,
@@ -293,44 +296,51 @@ class Session:
         self.ledger.add_noise(self.tag, experiment.id, str(self.budget), record)
         return record
 
+    def _refined(self, experiment: Experiment) -> Experiment:
+        """`experiment` re-read after more runs of it; its metric becomes the mean of its runs at the budget it was
+        judged at (more runs there sharpen it; runs at another budget never enter it)."""
+        experiment = self.ledger.experiment(experiment.id)
+        values = experiment.metrics_at(experiment.budget)
+        return self.ledger.refine_metric(experiment.id, statistics.fmean(values)) if values else experiment
+
     def calibrate(self, seeds: int) -> dict:
-        """Run the best commit `seeds` more times (new seeds) and record the noise model; the baseline first."""
+        """Run the best commit `seeds` more times at the session's budget (seeds it has no run of at that budget)
+        and record the noise model there; the baseline first."""
         with self.slots.take() as (worktree, slot):
             best = self.ledger.best(self.tag)
             if best is None:
                 best = self.run_baseline(worktree, slot)
                 if best.state is not State.BASELINE:
                     raise SessionError(f"the baseline failed ({best.reason}); fix the target first")
-            used = {run.seed for run in best.runs}
+            budget = str(self.budget)
+            used = {run.seed for run in best.runs if run.budget == budget}
             new = [seed for seed in range(len(used) + seeds * 2) if seed not in used][:seeds]
-            self.say(f"calibrating #{best.index} ({best.commit[:9]}) with {len(new)} more seeds: {new}")
+            other = f" (it was judged at {best.budget}: these runs are kept apart)" if best.budget != budget else ""
+            self.say(f"calibrating #{best.index} ({best.commit[:9]}) at {budget} with {len(new)} more seeds: "
+                     f"{new}{other}")
             done = self.slots.map([self.job(best.commit, seed, experiment=best) for seed in new], held=(worktree, slot))
         for seed, run in zip(new, done):
             shown = f"{run.metric:.6f}" if run.metric is not None else f"{run.state.value} ({run.reason})"
             self.say(f"  seed {seed}: {self.target.config.metric.name} {shown}")
-        best = self.ledger.experiment(best.id)
-        if best.metrics:
-            best = self.ledger.refine_metric(best.id, statistics.fmean(best.metrics))
-        return self._record_noise(best)
+        return self._record_noise(self._refined(best))
 
     def _confirm(self, experiment: Experiment, worktree: Git, slot: Slot, best: Experiment, runs: list,
                  decision: "judge.Decision", suspicion: str) -> "judge.Decision":
-        """An implausible keep must hold on two more seeds and on the held-out test split."""
+        """An implausible keep must hold on two more seeds, then on the held-out test split, where the paired
+        interval of the gain over CONFIRM_SEEDS seeds must lie above zero."""
         config = self.target.config
         self.say(f"#{experiment.index} {suspicion}: confirming on more seeds and on the test split")
         runs += self.slots.map([self.job(experiment.commit, judge.seed(config, position), experiment=experiment)
                                 for position in range(len(runs), config.judge.max_runs + 2)], held=(worktree, slot))
-        decision = judge.decide(runs, best, config, self.noise(runs), experiment.lines_added, experiment.lines_removed)
+        decision = self._decide(experiment, runs, best)
         outcome = decision.reason
         if decision.state is State.KEPT and config.commands.evaluate:
-            test = verify.compare(self, worktree, slot, best.commit, experiment.commit, seeds=[0, 1], split="test",
-                                  kind="implausible")["effect"]
-            if test["effect"] is None or test["effect"] <= 0:
-                shown = f"{test['effect']:+.4g}" if test["effect"] is not None else "none"
-                decision = judge.Decision(State.DISCARDED, decision.metric,
-                                          f"{suspicion}; not confirmed on the test split (effect {shown})",
-                                          decision.effect, decision.se, decision.margin)
-            outcome = f"test split effect {test['effect']:+.4g}" if test["effect"] is not None else test["verdict"]
+            test = verify.compare(self, worktree, slot, best.commit, experiment.commit,
+                                  seeds=list(range(judge.CONFIRM_SEEDS)), split="test", kind="implausible")["effect"]
+            confirmed, outcome = judge.confirmed_on_test(test)
+            if not confirmed:
+                decision = dataclasses.replace(decision, state=State.DISCARDED,
+                                               reason=f"{suspicion}; not confirmed on the test split ({outcome})")
         elif decision.state is not State.KEPT:
             decision = dataclasses.replace(decision, reason=f"{suspicion}; not confirmed: {decision.reason}")
         self.ledger.add_flag(experiment.id, Flag("implausible", f"{suspicion}; "
@@ -338,27 +348,40 @@ class Session:
                                                  f" ({outcome})"))
         return decision
 
+    def _decide(self, experiment: Experiment, runs: list, best: Optional[Experiment]) -> "judge.Decision":
+        """The judge's decision on `runs` of `experiment` against `best`, at the session's budget."""
+        return judge.decide(runs, best, self.target.config, self.noise(runs), budget=str(self.budget),
+                            lines_added=experiment.lines_added, lines_removed=experiment.lines_removed)
+
     def _recalibrated(self, worktree: Git, slot: Slot, best: Experiment) -> Experiment:
-        """The best, with more runs first when the noise is unknown or was measured far from where the best is now."""
-        config = self.target.config
-        if config.judge.rule != "statistical" or len(best.metrics) >= config.judge.calibrate_seeds:
+        """The best, with more runs at the session's budget first where the judge needs them (judge.stale): none
+        there yet (the line was measured at another budget: it is re-baselined, as a new line calibrates), the
+        noise unknown, or the best far from where the noise was last calibrated."""
+        config, budget = self.target.config, str(self.budget)
+        history = [h for h in self.ledger.noise_history(self.tag) if h["budget"] == budget and h["mean"] is not None]
+        why = judge.stale(best, budget, self.noise(), history[-1]["mean"] if history else None, config)
+        if why is None:
             return best
-        noise = self.noise()
-        history = [h for h in self.ledger.noise_history(self.tag) if h["budget"] == str(self.budget)]
-        moved = (noise.known and not noise.deterministic and history and history[-1]["mean"] is not None
-                 and abs(best.metric - history[-1]["mean"]) > config.judge.recalibrate_after * noise.sd)
-        if noise.known and not moved:
-            return best
-        why = "the noise is unknown" if not noise.known else (
-            f"the best moved {abs(best.metric - history[-1]['mean']) / noise.sd:.0f} noise sds since the last calibration")
         self.say(f"re-calibrating on #{best.index}: {why}")
-        seeds = [s for s in range(config.judge.calibrate_seeds * 2) if s not in {r.seed for r in best.runs}]
-        while seeds and (missing := config.judge.calibrate_seeds - len(self.ledger.experiment(best.id).metrics)) > 0:
-            batch, seeds = seeds[:missing], seeds[missing:]  # as many as are missing, at once; again for failed ones
+        wanted = judge.runs_wanted(config, baseline=True)
+        seeds = [judge.seed(config, position) for position in range(2 * wanted)]  # what a candidate uses: they pair
+        while True:
+            here = [run for run in self.ledger.experiment(best.id).runs if run.budget == budget]
+            succeeded = sum(run.state is RunState.OK for run in here)
+            if succeeded >= wanted or (not succeeded and len(here) >= 2):  # two failures and no success: it fails there
+                break
+            tried = {run.seed for run in here}
+            count = wanted - succeeded if here else min(wanted, max(2, len(self.slots)))  # the first: does it run?
+            batch = [seed for seed in seeds if seed not in tried][:count]  # at once, on every free slot
+            if not batch:
+                break
             self.slots.map([self.job(best.commit, seed, experiment=best) for seed in batch], held=(worktree, slot))
-        best = self.ledger.experiment(best.id)
-        if best.metrics:
-            best = self.ledger.refine_metric(best.id, statistics.fmean(best.metrics))
+        best = self._refined(best)
+        if not best.metrics_at(budget):
+            failed = [r for r in best.runs if r.budget == budget]
+            raise SessionError(f"the best, #{best.index}, has no successful run at budget {budget}"
+                               + (f" ({failed[-1].state.value}: {failed[-1].reason})" if failed else "")
+                               + f"; run the line at its budget ({best.budget}) or start a new --tag")
         self._record_noise(best)
         return best
 
