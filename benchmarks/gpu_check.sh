@@ -9,6 +9,7 @@
 # its start, as the harness keeps one per machine. Everything is printed and kept in OUT_DIR.
 #
 #     bash benchmarks/gpu_check.sh [OUT_DIR]            # in the repository root; OUT_DIR defaults to $OUT or ./gpu-check
+#     DEVICE=cpu VS_BUDGET=4s LOOP_BUDGET=4s bash benchmarks/gpu_check.sh /tmp/dry   # the script's own dry run, no GPU
 #
 # No install needed: autoresearch runs from src/. A machine without a registry gets the missing packages as wheels
 # made elsewhere with benchmarks/gpu_wheels.sh and carried as .whl/ in the repository root.
@@ -17,12 +18,17 @@ cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu-check}}
 mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+VS_BUDGET=${VS_BUDGET:-20s}
+LOOP_BUDGET=${LOOP_BUDGET:-60s}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)/torch-compile
 LOG="$OUT_DIR/gpu_check.log"
 say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
 started=$(date +%s)
+# A step over its time limit gets SIGINT (Ctrl-C: the harness stops its runs and servers), SIGKILL 20 s later;
+# its exit status is then 124 (or 137), and the next step starts.
 
 # ---------------------------------------------------------------------------- 1. what is there
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -31,8 +37,8 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     2>&1 | tee -a "$LOG"
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-$PY - <<'EOF' 2>&1 | tee -a "$LOG"
-import importlib, platform, shutil, sys
+DEVICE=$DEVICE $PY - <<'EOF' 2>&1 | tee -a "$LOG"
+import importlib, os, platform, shutil, sys
 missing = []
 for name in ("torch", "numpy", "pydantic", "optuna", "rich", "scipy", "tokenizers", "pytest", "autoresearch"):
     try:
@@ -47,7 +53,7 @@ if "torch" in sys.modules:
     gpu = torch.cuda.is_available()
     print(f"torch {torch.__version__} | " + (f"{torch.cuda.get_device_name(0)}, "
           f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB" if gpu else "no CUDA GPU visible"))
-    if not gpu:
+    if not gpu and os.environ["DEVICE"].startswith("cuda"):
         missing.append("a CUDA GPU that torch sees (torch.cuda.is_available() is False)")
 if missing:
     print("MISSING: " + "; ".join(missing))
@@ -63,19 +69,19 @@ fi
 
 # ---------------------------------------------------------------------------- 2. the CUDA tests
 say "CUDA tests"
-timeout 80 $PY -m pytest -q -p no:cacheprovider tests/test_gpt_target.py -k cuda -rA 2>&1 | tee "$OUT_DIR/tests.txt" \
+timeout -s INT -k 20 80 $PY -m pytest -q -p no:cacheprovider tests/test_gpt_target.py -k cuda -rA 2>&1 | tee "$OUT_DIR/tests.txt" \
   | tail -n 15 | tee -a "$LOG"
 say "CUDA tests: exit ${PIPESTATUS[0]}"
 
 # ---------------------------------------------------------------------------- 3. against nanoGPT
-say "the built-in target against the nanoGPT-style model (20 s, seed 0)"
-timeout 160 $PY benchmarks/vs_nanogpt.py --device cuda --budget 20s --seeds 1 --data stdlib \
+say "the built-in target against the nanoGPT-style model ($VS_BUDGET, seed 0)"
+timeout -s INT -k 20 160 $PY benchmarks/vs_nanogpt.py --device "$DEVICE" --budget "$VS_BUDGET" --seeds 1 --data stdlib \
   --json "$OUT_DIR/vs_nanogpt.json" 2>&1 | tee -a "$LOG"
 say "vs nanoGPT: exit ${PIPESTATUS[0]}"
 
 # ---------------------------------------------------------------------------- 4. the loop
-say "a 3-experiment loop at 60 s (search agent, one slot, pipelined)"
-timeout 350 $PY benchmarks/utilisation.py --target gpt --device cuda --budget 60s --latency 0 --experiments 3 \
+say "a 3-experiment loop at $LOOP_BUDGET (search agent, one slot, pipelined)"
+timeout -s INT -k 20 350 $PY benchmarks/utilisation.py --target gpt --device "$DEVICE" --budget "$LOOP_BUDGET" --latency 0 --experiments 3 \
   --modes pipelined 2>&1 | tee "$OUT_DIR/utilisation.txt" | tee -a "$LOG"
 say "loop: exit ${PIPESTATUS[0]}"
 

@@ -143,6 +143,8 @@ def measure(target: Target, tag: str, slots: int, pipeline: bool, latency: float
         session.close()
         executor.close()
     baseline, rest = done[0], [e for e in done[1:] if e.state is not State.INTERRUPTED]
+    if not rest:
+        sys.exit(f"{tag}: no experiment finished after the baseline (interrupted?)")
     start, end = baseline.finished_at, max(e.finished_at for e in rest)
     runs = [r for e in rest for r in e.runs if r.state is RunState.OK]
     training = sum(r.metrics.get("training_seconds", 0.0) for r in runs)
