@@ -2,10 +2,13 @@
 
     python benchmarks/utilisation.py --target gpt [--budget 8s] [--latency 0 4] [--experiments 4]
     python benchmarks/utilisation.py --target timed [--budget 12s] [--latency 0 6] [--startup 2.5 --evaluation 2.5]
+    python benchmarks/utilisation.py --target gpt --device cuda --budget 60s --latency 0 --experiments 3 \\
+        --modes pipelined
 
-`--target gpt`: the built-in GPT target (CPU preset, `stdlib` data). `--target timed`: a target whose commands
-take fixed times (python's own start, then `--startup` seconds; training sleeps for the budget; the evaluator
-takes `--evaluation` seconds), so that what is measured is the loop, not a machine shared with other jobs.
+`--target gpt`: the built-in GPT target (`stdlib` data; the preset of `--device`, the CPU's by default).
+`--target timed`: a target whose commands take fixed times (python's own start, then `--startup` seconds;
+training sleeps for the budget; the evaluator takes `--evaluation` seconds), so that what is measured is the
+loop, not a machine shared with other jobs.
 
 For each configuration a new tag: its baseline, then `--experiments` experiments proposed by the
 offline search, each proposal delayed by the agent latency (a stand-in for an LLM call). Measured from the end of
@@ -125,13 +128,15 @@ def make_target(root: Path, budget: str) -> Target:
 
 
 def measure(target: Target, tag: str, slots: int, pipeline: bool, latency: float, experiments: int,
-            budget: Budget) -> dict:
-    executor = assemble.executor("local", "cpu", slots if slots > 1 else None)
+            budget: Budget, device: str = "cpu") -> dict:
+    executor = assemble.executor("local", device, slots if slots > 1 else None)
     with assemble.opened(target, SlowSearch(latency), "search", executor, tag=tag, budget=budget,
                          say=lambda text: None) as session:
         scheduler.run(session, experiments, final_test=False, pipeline=pipeline)
         done = session.ledger.experiments(tag)
     baseline, rest = done[0], [e for e in done[1:] if e.state is not State.INTERRUPTED]
+    if not rest:
+        sys.exit(f"{tag}: no experiment finished after the baseline (interrupted?)")
     start, end = baseline.finished_at, max(e.finished_at for e in rest)
     runs = [r for e in rest for r in e.runs if r.state is RunState.OK]
     training = sum(r.metrics.get("training_seconds", 0.0) for r in runs)
@@ -142,7 +147,9 @@ def measure(target: Target, tag: str, slots: int, pipeline: bool, latency: float
         first, last = spans.get(r.slot, (r.started_at, r.started_at + r.seconds))
         spans[r.slot] = (min(first, r.started_at), max(last, r.started_at + r.seconds))
     busy = sum(last - first for first, last in spans.values())
+    overheads = [round(r.seconds - r.metrics.get("training_seconds", 0.0), 1) for r in (*baseline.runs, *runs)]
     return {"slots": slots, "pipeline": pipeline, "latency": latency, "experiments": len(rest), "runs": len(runs),
+            "overheads": overheads,
             "window": window, "training": training, "utilisation": training / (slots * window),
             "steady": training / busy if busy else 0.0,
             "run_overhead": overhead, "mean_training": training / len(runs),
@@ -158,15 +165,20 @@ def main() -> None:
     parser.add_argument("--latency", type=float, nargs="+", default=[0.0, 4.0])
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--experiments", type=int, default=4)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (one slot per GPU) | auto")
+    parser.add_argument("--modes", default="serial,pipelined,slots",
+                        help="which configurations: serial (1 slot), pipelined (1 slot), slots (--slots, pipelined)")
     args = parser.parse_args()
     budget = Budget.parse(args.budget)
-    configurations = [(1, False), (1, True), (args.slots, True)]
+    modes = {"serial": (1, False), "pipelined": (1, True), "slots": (args.slots, True)}
+    configurations = [modes[mode] for mode in args.modes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         if args.target == "gpt":
             target = make_target(Path(tmp) / "gpt", args.budget)
         else:
             target = make_timed_target(Path(tmp) / "timed", args.budget, args.startup, args.evaluation)
-        what = "gpt (CPU)" if args.target == "gpt" else f"timed (startup {args.startup:g}s, evaluation {args.evaluation:g}s)"
+        what = (f"gpt ({args.device})" if args.target == "gpt"
+                else f"timed (startup {args.startup:g}s, evaluation {args.evaluation:g}s)")
         print(f"target {what} | budget {budget} | {args.experiments} experiments per line | search agent delayed by "
               f"{', '.join(f'{x:g}s' for x in args.latency)}")
         print(f"{'slots':>5} {'mode':<9} {'agent':>6} {'runs':>4} {'window':>8} {'training':>9} {'run overhead':>13} "
@@ -174,10 +186,12 @@ def main() -> None:
         for latency in args.latency:
             for slots, pipeline in configurations:
                 tag = f"s{slots}{'p' if pipeline else 'r'}{int(latency * 10)}"
-                row = measure(target, tag, slots, pipeline, latency, args.experiments, budget)
+                row = measure(target, tag, slots, pipeline, latency, args.experiments, budget, args.device)
                 print(f"{slots:>5} {'pipelined' if pipeline else 'serial':<9} {latency:>5g}s {row['runs']:>4} "
                       f"{row['window']:>7.1f}s {row['training']:>8.1f}s {row['run_overhead']:>12.2f}s "
                       f"{row['utilisation']:>11.3f} {row['steady']:>7.3f} {row['reference']:>15.3f}", flush=True)
+                print(f"      each run's wall time beyond its training seconds, the baseline's first: "
+                      f"{', '.join(f'{x:g}s' for x in row['overheads'])}", flush=True)
 
 
 if __name__ == "__main__":

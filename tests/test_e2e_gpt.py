@@ -31,7 +31,7 @@ def target(tmp_path_factory):
         {"description": "break the evaluator", "delete": ["evaluate.py"]},
         {"description": "longer warmdown", "knobs": {"WARMDOWN_FRAC": 0.8}},
         {"description": "peek at the next token", "replace": [
-            {"file": "train.py", "old": "(distance >= 0)", "new": "(distance > -seq_len)"}]},
+            {"file": "train.py", "old": "is_causal=True", "new": "is_causal=False"}]},
     ]))
     first = run_cli("run", "-C", root, "--tag", "e2e", "--budget", STEPS, "--experiments", "3",
                     "--agent", "scripted", "--agent-option", f"script={script}")

@@ -50,6 +50,10 @@ if mode == "code":
     sys.exit(7)
 if mode == "message":
     sys.exit("the script gave up")
+if mode == "pool":  # concurrent.futures' workers: non-daemon threads waiting for work (torch.compile leaves some)
+    from concurrent.futures import ThreadPoolExecutor
+    sys.pool = ThreadPoolExecutor(2)  # kept alive, as a module-level cache keeps the compiler's
+    sys.pool.submit(print, "pooled", flush=True)
 if mode == "raise":
     def deep():
         raise ValueError("broken on purpose")
@@ -100,6 +104,14 @@ def test_each_job_runs_as_a_fresh_script_and_the_imports_load_once(setup, tmp_pa
     assert first.index("thread finished") < first.index("atexit ran")  # joined, then atexit, as at an exit
     assert (work / "unclosed.txt").read_text() == "kept"
     assert first.split("numpy ")[1].split()[0] != second.split("numpy ")[1].split()[0]  # reseeded per child
+
+
+def test_a_job_that_leaves_a_thread_pool_waiting_still_exits(setup, tmp_path):
+    """A pool's workers are told to stop by threading's own exit hooks: a job's end runs them before it joins the
+    threads, as an interpreter's exit does (without them every run that used torch.compile hung until killed)."""
+    executor, work, _ = setup
+    result = executor.run(job(work, tmp_path, "pool", MODE="pool"), executor.slots()[0])
+    assert result.exit_code == 0 and not result.timed_out and "pooled" in (tmp_path / "pool.log").read_text()
 
 
 def test_exit_statuses_and_errors_are_the_scripts_own(setup, tmp_path):

@@ -53,6 +53,14 @@ def tiny_model(seq_len=16):
     return train.build_model(vocab_size=257, sequence_len=seq_len, depth=2, model_dim=64, n_head=2, softcap=15.0)
 
 
+def perturbed(model):
+    """At init the blocks are the identity (zero output projections): perturb every weight so that all of it counts."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("data")
@@ -100,10 +108,7 @@ def trained(tmp_path_factory, data_dir):
 
 
 def test_model_is_causal():
-    model = tiny_model().eval()
-    with torch.no_grad():  # at init the blocks are the identity (zero output projections): perturb them
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    model = perturbed(tiny_model()).eval()
     idx = torch.randint(0, 257, (2, 16))
     changed = idx.clone()
     changed[:, 9:] = torch.randint(0, 257, (2, 7))
@@ -127,57 +132,68 @@ def test_importing_train_py_only_defines_things(tmp_path, monkeypatch):
     assert callable(train.build_model) and not list(tmp_path.iterdir())
 
 
-def test_hand_written_backwards_match_autograd():
+def test_gradients_through_the_whole_model_match_a_float64_reference():
+    """Autograd's gradients of the fp32 model against the same model in float64, whose own gradients are checked
+    against finite differences: the change of the loss along a random direction of each parameter."""
     train = load_module(TEMPLATE / "train.py", "gpt_train_grads")
-    x = torch.randn(2, 5, 2, 3, 8, dtype=torch.float64, requires_grad=True)  # [B, T, q/k, heads, head dim]
-    cos, sin = (t.double()[:5, None, None] for t in train.rotary_tables(5, 8))
-    assert torch.autograd.gradcheck(train.RMSNorm.apply, (x,))
-    assert torch.autograd.gradcheck(lambda t: train.NormRotate.apply(t, cos, sin), (x,))
-    # and the forward is the rotation it says: pair (i, i + D/2) of the normed vector turned by its position's angle
-    y = x / x.square().mean(-1, keepdim=True).add(1e-6).sqrt()
-    y1, y2 = y.chunk(2, dim=-1)
-    c, s = cos[..., :4], -sin[..., :4]
-    assert torch.allclose(train.NormRotate.apply(x, cos, sin), torch.cat([y1 * c - y2 * s, y2 * c + y1 * s], -1))
-
-
-def reference_attention(train, qkv, cos, sin, window=None):
-    """QK-norm and rotary with autograd's ops, then SDPA (with a mask for a window): what attention() computes."""
-    B, T, _, H, D = qkv.shape
-    x = qkv[:, :, :2]
-    y = x / x.square().mean(-1, keepdim=True).add(1e-6).sqrt()
-    y1, y2 = y.chunk(2, dim=-1)
-    c, s = cos[:T, None, None, : D // 2], -sin[:T, None, None, : D // 2]
-    q, k = torch.cat([y1 * c - y2 * s, y2 * c + y1 * s], -1).unbind(2)
-    allowed = train.allowed_keys(T, window, qkv.device)
-    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                                           qkv[:, :, 2].transpose(1, 2), attn_mask=allowed)
-    return out.transpose(1, 2).reshape(B, T, H * D)
-
-
-def test_cpu_attention_matches_the_reference_and_its_backward_matches_autograd():
-    train = load_module(TEMPLATE / "train.py", "gpt_train_attention")
     torch.manual_seed(0)
-    qkv = torch.randn(2, 7, 3, 2, 8, dtype=torch.float64, requires_grad=True)  # [B, T, q/k/v, heads, head dim]
-    cos, sin = (t.double() for t in train.rotary_tables(7, 8))
-    for window in (None, 3):
-        mask = torch.zeros(7, 7, dtype=torch.float64).masked_fill(~train.allowed_keys(7, window, "cpu"), float("-inf"))
-        assert torch.autograd.gradcheck(lambda t: train.CPUAttention.apply(t, cos, sin, mask), (qkv,))
-        for path in (train.attention(qkv, cos, sin, window), train.CPUAttention.apply(qkv, cos, sin, mask)):
-            assert torch.allclose(path, reference_attention(train, qkv, cos, sin, window))
+    model = perturbed(train.build_model(vocab_size=31, sequence_len=8, depth=2, model_dim=16, n_head=2, softcap=5.0,
+                                        windows=[3, None]))  # a sliding-window layer too
+    idx = torch.randint(0, 31, (2, 8))
+    names = [name for name, _ in model.named_parameters()]
+
+    def loss(params):
+        logits = torch.func.functional_call(model, dict(zip(names, params)), (idx,))
+        return torch.nn.functional.cross_entropy(logits.view(-1, 31), idx.roll(-1, 1).view(-1))
+
+    params32 = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    grads32 = torch.autograd.grad(loss(params32), params32)
+    model.double()
+    params64 = [p.detach().double().requires_grad_() for p in params32]
+    grads64 = torch.autograd.grad(loss(params64), params64)
+    eps = 1e-6
+    with torch.no_grad():
+        for i, name in enumerate(names):
+            assert grads32[i].abs().max() > 0, f"no gradient reaches {name}"
+            assert torch.allclose(grads32[i].double(), grads64[i], rtol=1e-3, atol=1e-6), name
+            direction = torch.randn_like(params64[i])
+            moved = lambda sign: loss([p + sign * eps * direction if j == i else p for j, p in enumerate(params64)])
+            numeric = (moved(1) - moved(-1)) / (2 * eps)
+            assert torch.isclose(numeric, (grads64[i] * direction).sum(), rtol=1e-5, atol=1e-8), name
 
 
-def test_a_sliding_window_hides_older_tokens_on_both_attention_paths():
+def test_a_sliding_window_hides_older_tokens():
     train = load_module(TEMPLATE / "train.py", "gpt_train_window")
     torch.manual_seed(0)
-    for T in (40, 300):  # the CPU attention, and SDPA with a mask (longer contexts)
-        cos, sin = train.rotary_tables(T, 8)
-        qkv = torch.randn(1, T, 3, 2, 8)
-        changed = qkv.clone()
-        changed[:, : T - 10] = torch.randn(1, T - 10, 3, 2, 8)  # everything but the last 10 tokens
-        a, b = (train.attention(t, cos, sin, 10) for t in (qkv, changed))
-        assert torch.allclose(a[:, -1], b[:, -1], atol=1e-5)  # the last query sees only the last 10 tokens
+    T = 40
+    cos, sin = train.rotary_tables(T, 8)
+    for window in (10, None):
+        attention = perturbed(train.Attention(16, 2, window))
+        x = torch.randn(1, T, 16)
+        changed = x.clone()
+        changed[:, : T - 10] = torch.randn(1, T - 10, 16)  # everything but the last 10 tokens
+        with torch.no_grad():
+            a, b = attention(x, cos, sin), attention(changed, cos, sin)
+        assert torch.allclose(a[:, -1], b[:, -1], atol=1e-5) == (window == 10)  # the last query sees 10 tokens
         assert not torch.allclose(a[:, -11], b[:, -11])
-        assert torch.allclose(train.attention(qkv, cos, sin, T), train.attention(qkv, cos, sin, None), atol=1e-6)
+    attention.window = T  # a window as long as the context is the whole context
+    with torch.no_grad():
+        wide = attention(x, cos, sin)
+        attention.window = None
+        assert torch.allclose(wide, attention(x, cos, sin), atol=1e-6)
+
+
+def test_rotary_embedding_turns_channel_pairs_and_keeps_lengths():
+    train = load_module(TEMPLATE / "train.py", "gpt_train_rotary")
+    cos, sin = train.rotary_tables(5, 8)
+    x = torch.randn(2, 3, 5, 8)  # [B, H, T, D]
+    y = train.rotate(x, cos, sin)
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    assert torch.equal(y[:, :, 0], x[:, :, 0])  # position 0 is not turned
+    # the dot product of a rotated query and key depends only on how far apart they are
+    q, k = torch.randn(8), torch.randn(8)
+    at = lambda t, v: train.rotate(v.expand(1, 1, 5, 8), cos, sin)[0, 0, t]
+    assert torch.allclose(at(3, q) @ at(1, k), at(4, q) @ at(2, k), atol=1e-5)
 
 
 def test_window_pattern_cycles_over_the_layers_and_the_last_sees_everything(monkeypatch):
@@ -192,34 +208,39 @@ def test_window_pattern_cycles_over_the_layers_and_the_last_sees_everything(monk
     assert [block.attn.window for block in model.blocks] == [4, None]
 
 
-@pytest.mark.slow
-def test_the_model_compiles_on_a_cpu_and_matches_eager():
-    """COMPILE is a preset an agent or a user may turn on for the CPU too: the hand-written functions must trace."""
-    model = tiny_model()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    idx = torch.randint(0, 257, (2, 16))
-    grads = []
+def assert_compiled_matches_eager(model, idx, atol, rtol=1e-5):
+    """The compiled model's logits and gradients are the eager model's."""
+    results = []
     for forward in (model, torch.compile(model)):
         model.zero_grad()
         logits = forward(idx)
         logits.square().mean().backward()
-        grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
-    (eager, eager_grads), (compiled, compiled_grads) = grads
-    assert torch.allclose(eager, compiled, atol=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager_grads, compiled_grads))
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    assert torch.allclose(eager, compiled, atol=atol, rtol=rtol)
+    assert all(torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in zip(eager_grads, compiled_grads))
 
 
-def test_soft_cap_is_cap_times_tanh_and_its_backward_matches_autograd():
-    train = load_module(TEMPLATE / "train.py", "gpt_train_softcap")
-    x = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: train.SoftCap.apply(t * 30, 15.0), (x,))
-    assert torch.allclose(train.SoftCap.apply(x * 30, 15.0), 15.0 * torch.tanh(x * 30 / 15.0))
+@pytest.mark.slow
+def test_the_model_compiles_on_a_cpu_and_matches_eager():
+    """COMPILE is a preset an agent or a user may turn on for the CPU too."""
+    assert_compiled_matches_eager(perturbed(tiny_model()), torch.randint(0, 257, (2, 16)), atol=1e-5)
+
+
+def test_newton_schulz_brings_every_singular_value_near_one():
+    train = load_module(TEMPLATE / "train.py", "gpt_train_muon")
+    torch.manual_seed(0)
+    g = torch.randn(3, 16, 64) * torch.logspace(-3, 1, 64)  # singular values spread over four decades
+    for matrices in (g, g.mT):  # wide, and tall (transposed inside)
+        out = train.orthogonalize(matrices)
+        assert out.shape == matrices.shape
+        singular = torch.linalg.svdvals(out)
+        assert singular.min() > 0.5 and singular.max() < 1.3, singular
+        assert torch.allclose(out[1], train.orthogonalize(matrices[1:2])[0], atol=1e-5)  # a batch is its matrices
 
 
 def test_newton_schulz_on_the_gram_matrix_matches_the_direct_iteration():
-    train = load_module(TEMPLATE / "train.py", "gpt_train_muon")
+    train = load_module(TEMPLATE / "train.py", "gpt_train_gram")
     torch.manual_seed(0)
     g = torch.randn(3, 16, 64, dtype=torch.float64)
     a, b, c = 3.4445, -4.7750, 2.0315
@@ -231,15 +252,38 @@ def test_newton_schulz_on_the_gram_matrix_matches_the_direct_iteration():
                               atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_template_is_plain_pytorch_and_small():
+    """What the agent edits: autograd owns every gradient (no hand-written backward), and the file stays short
+    enough that every proposal can afford to read it."""
+    source = (TEMPLATE / "train.py").read_text()
+    assert "autograd.Function" not in source and "def backward" not in source
+    assert source.count("scaled_dot_product_attention(") == 2 and len(source) <= 21_000
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda_model():
+    train = load_module(TEMPLATE / "train.py", "gpt_train_cuda")
+    torch.manual_seed(0)
+    return perturbed(train.build_model(vocab_size=257, sequence_len=64, depth=2, model_dim=128, n_head=2,
+                                       softcap=15.0, windows=[16, None])).cuda()  # a sliding-window layer too
+
+
+@needs_cuda
 def test_model_trains_a_step_on_cuda_in_bf16():
-    model = tiny_model(seq_len=64).cuda()
+    model = cuda_model()
     idx = torch.randint(0, 257, (4, 64), device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits = model(idx)
     assert logits.shape == (4, 64, 257) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
     torch.nn.functional.cross_entropy(logits.view(-1, 257), idx.view(-1)).backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().max() > 0 for p in model.parameters())
+
+
+@needs_cuda
+def test_the_model_compiles_on_cuda_and_matches_eager():
+    assert_compiled_matches_eager(cuda_model(), torch.randint(0, 257, (4, 64), device="cuda"), atol=1e-3, rtol=1e-3)
 
 
 # ----------------------------------------------------------------------------
@@ -333,8 +377,8 @@ def test_diverging_run_fails_fast_with_a_clear_message(worktree, data_dir, tmp_p
 def test_evaluate_rejects_a_model_that_sees_the_future(worktree, data_dir, tmp_path):
     train_py = worktree / "train.py"
     source = train_py.read_text()
-    assert "(distance >= 0)" in source
-    train_py.write_text(source.replace("(distance >= 0)", "(distance > -seq_len)"))  # every key, later ones too
+    assert source.count("is_causal=True") == 1
+    train_py.write_text(source.replace("is_causal=True", "is_causal=False"))  # every key, later ones too
     train_result = run(worktree, "train.py", data_dir, tmp_path / "out", budget=("STEPS", "10"))
     assert train_result.returncode == 0, train_result.stderr
     result = run(worktree, "evaluate.py", data_dir, tmp_path / "out")

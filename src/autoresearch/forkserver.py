@@ -208,10 +208,8 @@ def _finish(code: int) -> int:
     import threading
 
     try:
-        current = threading.current_thread()
-        for thread in threading.enumerate():
-            if thread is not current and not thread.daemon:
-                thread.join()
+        threading._shutdown()  # as the interpreter exits: threading's own exit hooks (which tell pools such as
+        # concurrent.futures' to stop; torch.compile starts some), then wait for the non-daemon threads
         atexit._run_exitfuncs()
         # exact types: isinstance would read every object's __class__ (slow, and some lazy modules warn). The
         # scan sees what the job made (the server froze what it had made, with the standard streams among it).

@@ -39,11 +39,24 @@ ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "ROCM_", "HSA_", "PY
 # process. By default a block over the (moving) mmap threshold is mapped and unmapped anew each time, and a fresh
 # evaluation process faulted in ~1 GB this way per 131k tokens scored: 0.5-0.9 s of kernel time per run on a CPU.
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+PRIVATE_COMPILE_CACHE = ".compile-cache"  # inside a held-out run's output directory, removed when it ends
 LOG_TAIL_CHARS = 4000
 _VARIABLE = re.compile(r"\$\{(AUTORESEARCH_[A-Z_]+)\}|\$(AUTORESEARCH_[A-Z_]+)")
 EVALUATOR_REJECTS = 3  # an evaluator exiting with this status rejects the model (it broke a rule); see the contract
 _NUMBER_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|-inf)\s*$",
                           re.MULTILINE | re.IGNORECASE)
+
+
+def compile_cache(split: str, out: Path, environ: dict[str, str]) -> Path:
+    """Where torch.compile keeps what it compiled (inductor's FX graph and AOTAutograd caches, Triton's kernels). On
+    the validation split, one directory per machine (or the user's TORCHINDUCTOR_CACHE_DIR): a graph compiled once
+    loads in seconds in every later run, of every slot and session. Any run can write there and a later run loads
+    what it finds, so a run could plant code that runs in another experiment's training: runs on the held-out test
+    split (the confirmations and the end-of-session test) compile into a private, empty directory instead, so the
+    numbers a session ends with never depend on what another run left there (docs/security.md)."""
+    if split != "val":
+        return out / PRIVATE_COMPILE_CACHE
+    return Path(environ.get("TORCHINDUCTOR_CACHE_DIR") or cache_dir() / "torch-compile")
 
 
 def scrubbed_environ(environ: Optional[dict] = None) -> dict[str, str]:
@@ -118,6 +131,10 @@ class Runner:
             env["AUTORESEARCH_SNAPSHOTS"] = str(spec.directory / "snapshots")
         if slot.visible_devices is not None:  # a GPU slot sees its own GPU only
             env["CUDA_VISIBLE_DEVICES"] = slot.visible_devices
+        cache = compile_cache(spec.split, out, env)
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+        if spec.split != "val":  # Triton's kernels too (by default inside the inductor cache; a user may move them)
+            env["TRITON_CACHE_DIR"] = str(cache / "triton")
         return env
 
     def jail(self, writable: tuple[Path, ...], hidden: tuple[Path, ...] = ()) -> Optional[Jail]:
@@ -172,7 +189,9 @@ class Runner:
         if evaluate:
             self.executor.warm(evaluate, slot)  # its imports load while training runs
         try:
-            train_jail = self.jail((spec.worktree, out), self.held_out())
+            cache = compile_cache(spec.split, out, scrubbed_environ())
+            cache.mkdir(parents=True, exist_ok=True)  # the jail binds it writable: it must exist
+            train_jail = self.jail((spec.worktree, out, *([cache] if spec.split == "val" else [])), self.held_out())
             announce(config.commands.train)
             train = job(config.commands.train, self.target.data / "train", train_jail)
             if config.run.snapshots:
@@ -235,6 +254,7 @@ class Runner:
                              reason=reason, log_tail=text[-LOG_TAIL_CHARS:], log_path=str(log), flags=tuple(flags),
                              slot=slot.name, started_at=started_at)
         finally:
+            shutil.rmtree(out / PRIVATE_COMPILE_CACHE, ignore_errors=True)
             _move_into(out, spec.directory / "out")
 
     def _train_watched(self, train: Job, slot: Slot, out: Path, into: Path) -> JobResult:

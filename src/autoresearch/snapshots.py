@@ -60,7 +60,7 @@ class Watcher:
                 record["changed"] = record["changed"] or "rewritten"
         manifest = {"seconds": round(seconds, 3),
                     "files": [{k: v for k, v in record.items() if k != "stat"}
-                              for record in sorted(self.files.values(), key=lambda r: r["seconds"])]}
+                              for record in sorted(self.files.values(), key=lambda r: (r["seconds"], r["name"]))]}
         path = self.into / MANIFEST
         path.write_text(json.dumps(manifest, indent=1))
         return path

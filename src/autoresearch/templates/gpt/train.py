@@ -1,14 +1,12 @@
 """
-Pretrain a small GPT on the prepared training split under a fixed budget.
-
-This is the file the agent edits. The harness runs it, then measures the saved model with
-evaluate.py (which imports build_model from here). By hand:
+Pretrain a small GPT on the prepared training split under a fixed budget; evaluate.py then scores the saved
+model (it imports build_model from here). By hand:
 
     AUTORESEARCH_BUDGET_SECONDS=60 python train.py   # data from .autoresearch/data/train
 
-Importing this file only defines things; training runs under `if __name__ == "__main__"`. With
-AUTORESEARCH_CHECKPOINTS=N (the speedrun program sets it) the model is also saved as
-checkpoint-001.pt ... checkpoint-N.pt at every 1/N of the budget, for the evaluator to score.
+Importing this file only defines things. With AUTORESEARCH_CHECKPOINTS=N (the speedrun program) the model is also
+saved at every 1/N of the budget. Plain PyTorch: autograd computes every gradient; speed comes from PyTorch's
+kernels (F.scaled_dot_product_attention) and torch.compile.
 """
 
 import json
@@ -32,9 +30,8 @@ ASPECT = 64               # model width = DEPTH * ASPECT, rounded up to a multip
 HEAD_DIM = {"cpu": 32, "mps": 64, "cuda": 128}    # channels per attention head
 SEQ_LEN = {"cpu": 128, "mps": 256, "cuda": 2048}  # context length in tokens (also used by the evaluator)
 BATCH_SIZE = {"cpu": 16, "mps": 32, "cuda": 64}   # sequences per optimizer step
-MICRO_BATCH = {"cpu": 16, "mps": 32, "cuda": 64}  # at most this many sequences per forward pass: a step is split into
-                                                  # passes whose gradients add up. Lower it (not BATCH_SIZE) if the GPU
-                                                  # runs out of memory: the training stays the same
+MICRO_BATCH = {"cpu": 16, "mps": 32, "cuda": 64}  # sequences per forward pass: lower it (not BATCH_SIZE) if the GPU
+                                                  # runs out of memory; the passes' gradients add up to the same step
 SOFTCAP = 15.0            # logits are squashed into (-SOFTCAP, SOFTCAP) with tanh
 WINDOW_PATTERN = "L"      # attention span per layer, cycled over the depth: L the whole context, S a sliding window of
                           # the last SHORT_WINDOW tokens; the last layer is always L
@@ -51,155 +48,36 @@ WARMUP_FRAC = 0.0         # fraction of the budget spent ramping the learning ra
 WARMDOWN_FRAC = 0.5       # fraction of the budget at the end spent decaying them to FINAL_LR_FRAC
 FINAL_LR_FRAC = 0.0       # learning-rate multiplier at the very end
 
-COMPILE = {"cpu": False, "mps": False, "cuda": True}  # torch.compile the model
+COMPILE = {"cpu": False, "mps": False, "cuda": True}  # torch.compile the model (in the untimed steps)
 UNTIMED_STEPS = {"cpu": 2, "mps": 5, "cuda": 10}      # first steps not counted against a seconds budget
 
 # ----------------------------------------------------------------------------
 # Model: rotary attention with QK-norm, ReLU^2 MLP, RMSNorm, untied embeddings, soft-capped logits
 
 
-def at_least_fp32(t):  # norm statistics of bf16 activations are taken in fp32
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def inverse_rms(x):
-    return at_least_fp32(x).square().mean(-1, keepdim=True).add_(1e-6).rsqrt_().to(x.dtype)
-
-
-def norm_backward(grad, y, rstd):  # for y = x * rstd: dx = (grad - y mean(grad y)) * rstd
-    mean = (at_least_fp32(grad) * at_least_fp32(y)).mean(-1, keepdim=True).to(y.dtype)
-    return torch.addcmul(grad, y, mean, value=-1).mul_(rstd)
-
-
-class RMSNorm(torch.autograd.Function):
-    """x / rms(x) over the last dim, without a weight, with its backward written out: fewer passes over memory than
-    autograd's for the separate ops, which are memory-bound on a CPU; as fast as LayerNorm's fused kernel there
-    (F.rms_norm is ~1.5x slower on CPU)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        rstd = inverse_rms(x)
-        y = x * rstd
-        ctx.save_for_backward(y, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        y, rstd = ctx.saved_tensors
-        return norm_backward(grad, y, rstd)
-
-
 def norm(x):
-    return RMSNorm.apply(x)
+    """RMSNorm without a learnable gain: each vector divided by its root mean square."""
+    return F.rms_norm(x, (x.size(-1),))
 
 
 def rotary_tables(seq_len, head_dim, base=10000.0):
-    """Each position's cos and sin, laid out as NormRotate uses them: [cos, cos] and [-sin, sin] over the head dim."""
+    """cos and sin [T, head_dim] of each position's angles: channel pair (i, i + D/2) turns at base^(-2i/D)."""
     freqs = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), freqs)
-    cos, sin = angles.cos(), angles.sin()
-    return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)  # [T, head_dim] each
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), freqs).repeat(1, 2)
+    return angles.cos(), angles.sin()
 
 
-def swap_halves(x):
+def rotate(x, cos, sin):
+    """Rotary embedding of x [..., T, D]: each channel pair turned by its position's angle, so that a query-key dot
+    product depends on how far apart they are."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x2, x1], dim=-1)
-
-
-class NormRotate(torch.autograd.Function):
-    """QK-norm, then the rotary embedding: each head's vector RMS-normed, then each channel pair (i, i + D/2) rotated
-    by its position's angle. One function with its backward written out (the rotation's transpose, then the norm's):
-    half the passes over memory of autograd's for the separate ops, the largest elementwise cost of a CPU step."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):  # x [B, T, ..., D]; cos and sin [T, 1, ..., D] from rotary_tables
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        rstd = inverse_rms(x)
-        y = x * rstd
-        ctx.save_for_backward(y, rstd, cos, sin)
-        return torch.addcmul(y * cos, swap_halves(y), sin)
-
-    @staticmethod
-    def backward(ctx, grad):
-        y, rstd, cos, sin = ctx.saved_tensors
-        grad_y = (grad * cos).add_(swap_halves(grad * sin))  # rotate back by the same angle
-        return norm_backward(grad_y, y, rstd), None, None
-
-
-def rotate_halves(x, cos, sin):
-    """NormRotate's rotation without the norm, on x [..., T, D], half by half: fewer passes over x than whole-tensor
-    ops, since cos and sin repeat over the halves."""
-    h = x.size(-1) // 2
-    x1, x2, c, s = x[..., :h], x[..., h:], cos[..., :h], sin[..., h:]
-    return torch.cat([torch.addcmul(x1 * c, x2, s, value=-1), torch.addcmul(x2 * c, x1, s)], -1)
-
-
-class CPUAttention(torch.autograd.Function):
-    """QK-norm, rotary embeddings and masked softmax attention in one function, from the qkv projection's output to
-    the heads' outputs: batched matmuls with the backward written out, each head's tensors read and written once.
-    On a CPU up to a few hundred tokens of context this beats NormRotate + SDPA's flash kernel (measured forward and
-    backward: 1.23x at 128 tokens, 1.14x at 256, about even at 512, 0.5x at 1024); it holds every head's attention
-    weights for the backward ([B * H, T, T] floats per layer)."""
-
-    @staticmethod
-    def forward(ctx, qkv, cos, sin, mask):  # qkv [B, T, 3, H, D]; cos, sin [T, D]; mask [T, T]: 0 or -inf
-        B, T, _, H, D = qkv.shape
-        cos, sin = cos.to(qkv.dtype), sin.to(qkv.dtype)
-        x = qkv[:, :, :2].permute(2, 0, 3, 1, 4).contiguous()  # q and k, head-major: [2, B, H, T, D]
-        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(D).add_(1e-6).rsqrt_()
-        qk = rotate_halves(x, cos, sin).mul_(rstd)  # rotated and normed: the two commute
-        q, k = qk.view(2, B * H, T, D)
-        v = qkv[:, :, 2].transpose(1, 2).reshape(B * H, T, D)
-        weights = torch.baddbmm(mask, q, k.mT, alpha=D ** -0.5).softmax(-1)
-        out = torch.bmm(weights, v)
-        ctx.save_for_backward(rstd, cos, sin, qk, v, weights, out)
-        return out.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
-
-    @staticmethod
-    def backward(ctx, grad):
-        rstd, cos, sin, qk, v, weights, out = ctx.saved_tensors
-        _, B, H, T, D = qk.shape
-        q, k = qk.view(2, B * H, T, D)
-        grad = grad.view(B, T, H, D).transpose(1, 2).reshape(B * H, T, D)
-        grad_scores = torch.bmm(grad, v.mT)  # back through the softmax, with sum_j w_ij grad_ij = grad_i . out_i
-        grad_scores.sub_((grad * out).sum(-1, keepdim=True)).mul_(weights).mul_(D ** -0.5)
-        grad_qkv = grad.new_empty((B, T, 3, H, D))
-        grad_qkv[:, :, 2] = torch.bmm(weights.mT, grad).view(B, H, T, D).transpose(1, 2)
-        for i, grad_i in enumerate((torch.bmm(grad_scores, k), torch.bmm(grad_scores.mT, q))):  # q's, then k's
-            # the norm's backward taken on the rotated side (a rotation keeps dot products), then rotated back
-            grad_i = grad_i.view(B, H, T, D)
-            grad_i.sub_(qk[i] * (grad_i * qk[i]).mean(-1, keepdim=True))
-            grad_qkv[:, :, i] = rotate_halves(grad_i, cos, -sin).mul_(rstd[i]).transpose(1, 2)
-        return grad_qkv, None, None, None
-
-
-def allowed_keys(seq_len, window, device):
-    """[T, T] bool: query i may attend to key j when j <= i and, with a window, i - j < window."""
-    i = torch.arange(seq_len, device=device)
-    distance = i[:, None] - i[None, :]
-    return (distance >= 0) & (distance < (window or seq_len))
-
-
-def attention(qkv, cos, sin, window):
-    """Causal self-attention over qkv [B, T, 3, H, D], q and k normed and rotated -> [B, T, H * D]. `window`: None for
-    the whole context, else how many of the latest tokens each query sees."""
-    B, T, _, H, D = qkv.shape
-    if qkv.device.type == "cpu" and T <= 256:
-        mask = qkv.new_zeros(T, T).masked_fill_(~allowed_keys(T, window, qkv.device), float("-inf"))
-        return CPUAttention.apply(qkv, cos, sin, mask)
-    q, k = NormRotate.apply(qkv[:, :, :2], cos[:, None, None], sin[:, None, None]).unbind(2)
-    v = qkv[:, :, 2]
-    # a window goes in as a mask, which the flash kernels do not take: on a GPU an S layer is slower than an L one
-    windowed = window is not None and window < T
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=not windowed,
-                                       attn_mask=allowed_keys(T, window, qkv.device) if windowed else None)
-    return y.transpose(1, 2).reshape(B, T, H * D)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class Attention(nn.Module):
     def __init__(self, dim, n_head, window):
         super().__init__()
-        self.n_head, self.window = n_head, window
+        self.n_head, self.window = n_head, window  # window: None (the whole context) or how many latest tokens
         self.q = nn.Linear(dim, dim, bias=False)
         self.k = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=False)
@@ -209,39 +87,20 @@ class Attention(nn.Module):
         B, T, C = x.shape
         # one matmul for q, k and v (their weights stay separate matrices for Muon)
         qkv = F.linear(x, torch.cat([self.q.weight, self.k.weight, self.v.weight]))
-        return self.proj(attention(qkv.view(B, T, 3, self.n_head, C // self.n_head), cos, sin, self.window))
+        q, k, v = qkv.view(B, T, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
+        q, k = rotate(norm(q), cos, sin), rotate(norm(k), cos, sin)  # QK-norm keeps the attention logits bounded
+        if self.window is None or self.window >= T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window(T, self.window, x.device))
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-class ReLUSquared(torch.autograd.Function):
-    """relu(h)^2 with a one-pass backward (2 relu(h) grad): the MLP's activations are the largest tensors of a step,
-    and autograd's own backward of relu(h) * relu(h) reads them four times (memory-bound on a CPU)."""
-
-    @staticmethod
-    def forward(ctx, h):
-        r = F.relu(h)
-        ctx.save_for_backward(r)
-        return r * r
-
-    @staticmethod
-    def backward(ctx, grad):
-        (r,) = ctx.saved_tensors
-        return torch.mul(grad, r).mul_(2)
-
-
-class SoftCap(torch.autograd.Function):
-    """cap * tanh(x / cap), computed as 2 cap sigmoid(2 x / cap) - cap: on a CPU tanh is several times slower than
-    sigmoid (0.93 vs 0.14 ms for a CPU step's logits), and the logits are a step's widest tensor."""
-
-    @staticmethod
-    def forward(ctx, x, cap):
-        s = torch.sigmoid(x * (2 / cap))
-        ctx.save_for_backward(s)
-        return (s * (2 * cap)).sub_(cap)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (s,) = ctx.saved_tensors
-        return torch.addcmul(s, s, s, value=-1).mul_(grad).mul_(4), None  # 4 s (1 - s)
+def sliding_window(seq_len, window, device):
+    """[T, T] bool: query i attends to key j when j <= i (causal) and i - j < window."""
+    i = torch.arange(seq_len, device=device)
+    distance = i[:, None] - i[None, :]
+    return (distance >= 0) & (distance < window)
 
 
 class MLP(nn.Module):
@@ -251,7 +110,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * dim, dim, bias=False)
 
     def forward(self, x):
-        return self.proj(ReLUSquared.apply(self.fc(x)))
+        return self.proj(F.relu(self.fc(x)).square())  # ReLU^2: sparse like ReLU, smooth enough to train fast
 
 
 class Block(nn.Module):
@@ -272,7 +131,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(vocab_size, model_dim)
         self.blocks = nn.ModuleList(Block(model_dim, n_head, window) for window in windows or [None] * depth)
         self.x0_gates = nn.Parameter(torch.zeros(depth))  # how much of the embedding each layer re-reads
-        self.lm_head = nn.Linear(model_dim, vocab_size, bias=False)
+        self.lm_head = nn.Linear(model_dim, vocab_size, bias=False)  # untied from the input embedding
         cos, sin = rotary_tables(sequence_len, model_dim // n_head)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -294,8 +153,10 @@ class GPT(nn.Module):
         cos, sin = self.cos[:T], self.sin[:T]
         x = x0 = norm(self.wte(idx))
         for gate, block in zip(self.x0_gates, self.blocks):
-            x = block(torch.addcmul(x, gate, x0), cos, sin)
-        return SoftCap.apply(self.lm_head(norm(x)).float(), self.softcap)
+            x = block(x + gate * x0, cos, sin)
+        logits = self.lm_head(norm(x))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast: cap it in fp32
+        return self.softcap * torch.tanh(logits / self.softcap)  # soft cap: no logit runs away early in training
 
 
 def build_model(**model_args):
@@ -303,7 +164,7 @@ def build_model(**model_args):
 
 
 def layer_windows(pattern, depth, short_window):
-    """Each layer's attention window from WINDOW_PATTERN: None (the whole context) for L, short_window for S."""
+    """Each layer's attention window: None (the whole context) for L, short_window for S."""
     if not pattern or set(pattern) - {"S", "L"}:
         sys.exit(f"train.py: WINDOW_PATTERN must be letters S and L, got {pattern!r}")
     windows = [short_window if pattern[i % len(pattern)] == "S" else None for i in range(depth)]
@@ -315,12 +176,11 @@ def layer_windows(pattern, depth, short_window):
 
 
 def orthogonalize(g, steps=5):
-    """Newton-Schulz iteration driving the singular values of each matrix in g (batch, rows, cols) towards 1.
-
-    Each step is x <- a x + (b s + c s^2) x = p(s) x with s = x x^T. For a wide matrix in fp32 the steps run on the
-    small Gram matrix instead (x_k = q x_0 with q the product of the p(s)'s, and s <- p s p since they commute), and
-    q is applied once at the end: the same iteration in about 40% fewer flops for the MLP's 1:4 matrices (in bf16 the
-    Gram matrix's rounding would swamp the small singular values, so CUDA keeps the direct form)."""
+    """Newton-Schulz iteration driving the singular values of each matrix in g (batch, rows, cols) towards 1: the
+    update keeps the gradient's directions but gives them all the same size. Each step is x <- p(s) x with
+    p(s) = a + b s + c s^2, s = x x^T. For a wide fp32 matrix it runs on the small Gram matrix (s <- p s p, since the
+    p's commute) and applies the product of the p's once: 40% fewer flops for the MLP's 1:4 matrices (in bf16 the
+    Gram matrix's rounding would swamp the small singular values)."""
     a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients tuned for fast convergence near 0
     x = g.bfloat16() if g.device.type == "cuda" else g.float()
     tall = x.size(-2) > x.size(-1)
@@ -344,11 +204,7 @@ def orthogonalize(g, steps=5):
 
 
 class Muon:
-    """SGD with Nesterov momentum whose update is orthogonalized before it is applied.
-
-    Matrices of the same shape are orthogonalized together, as one batch: far fewer, larger matmuls.
-    The two optimizers here are plain classes, not torch.optim ones: the first torch.optim optimizer imports
-    torch._dynamo, two seconds of every run's start on a CPU."""
+    """SGD with Nesterov momentum, its update orthogonalized; same-shape matrices as one batch (fewer matmuls)."""
 
     def __init__(self, params, lr, momentum, weight_decay):
         self.param_groups = [dict(params=list(params), lr=lr, momentum=momentum, weight_decay=weight_decay)]
@@ -373,31 +229,23 @@ class Muon:
 
 
 class AdamW:
-    """Adam with bias correction (and no weight decay: the embeddings, the head and the scalars need none)."""
+    """Adam with bias correction, without weight decay (not torch.optim's: it imports torch._dynamo, 2 s a run)."""
 
     def __init__(self, groups, betas, eps):
-        self.param_groups = [dict(group) for group in groups]
-        self.betas, self.eps, self.steps = betas, eps, 0
+        self.param_groups, self.betas, self.eps, self.steps = [dict(g) for g in groups], betas, eps, 0
         self.moments = {}  # parameter -> (first moment, second moment)
 
     @torch.no_grad()
     def step(self):
         self.steps += 1
         beta1, beta2 = self.betas
-        correction1, correction2 = 1 - beta1 ** self.steps, 1 - beta2 ** self.steps
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            m, v = zip(*(self.moments.setdefault(p, (torch.zeros_like(p), torch.zeros_like(p))) for p in params))
-            torch._foreach_lerp_(m, grads, 1 - beta1)
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
-            denominator = torch._foreach_sqrt(v)
-            torch._foreach_div_(denominator, correction2 ** 0.5)
-            torch._foreach_add_(denominator, self.eps)
-            torch._foreach_addcdiv_(params, m, denominator, value=-group["lr"] / correction1)
+            for p in group["params"]:
+                m, v = self.moments.setdefault(p, (torch.zeros_like(p), torch.zeros_like(p)))
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denominator = (v / (1 - beta2 ** self.steps)).sqrt_().add_(self.eps)
+                p.addcdiv_(m, denominator, value=-group["lr"] / (1 - beta1 ** self.steps))
 
 
 def make_optimizers(model, model_dim):
@@ -455,12 +303,8 @@ def peak_flops(device):
 def peak_memory_mb(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
-    except ImportError:
-        return 0.0
+    import resource  # peak RSS: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def main():
@@ -479,8 +323,7 @@ def main():
     accumulation = batch_size // micro_batch
     torch.manual_seed(seed)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     with open(os.path.join(data_dir, "meta.json")) as f:
@@ -505,17 +348,17 @@ def main():
     # Training loop: runs until the budget is spent; the schedule follows the fraction used
 
     os.makedirs(out_dir, exist_ok=True)
-    def save(name):  # written aside, then renamed into place: the harness copies checkpoints as they appear
+    def save(name):  # written aside, then renamed: the harness copies checkpoints as they appear
         path = os.path.join(out_dir, name)
         torch.save({"model_args": model_args, "state_dict": raw_model.state_dict()}, path + ".tmp")
         os.replace(path + ".tmp", path)
-    checkpoints = int(os.environ.get("AUTORESEARCH_CHECKPOINTS") or 0)  # the speedrun program's evaluator scores them
+    checkpoints = int(os.environ.get("AUTORESEARCH_CHECKPOINTS") or 0)  # the speedrun program scores them
     step, tokens, training_time, smooth_loss, logged, saved = 0, 0, 0.0, 0.0, -1, 0
     x, y = next(data)
     while True:
         used = {"SECONDS": training_time, "STEPS": step, "TOKENS": tokens}[budget_kind]
         progress = used / budget
-        while saved < checkpoints and progress >= (saved + 1) / checkpoints:  # at every 1/checkpoints of the budget
+        while saved < checkpoints and progress >= (saved + 1) / checkpoints:
             saved += 1
             save(f"checkpoint-{saved:03d}.pt")
         if progress >= 1:
@@ -538,8 +381,7 @@ def main():
         raw_model.zero_grad(set_to_none=True)
         loss_f = loss.item()
         if not math.isfinite(loss_f) or loss_f > 3 * math.log(vocab_size):
-            sys.exit(f"train.py: training diverged at step {step}: loss {loss_f} (not finite, or above 3x the "
-                     f"loss of a uniform guess); lower the learning rates")
+            sys.exit(f"train.py: training diverged at step {step} (loss {loss_f}); lower the learning rates")
         dt = time.time() - t0
         if step >= preset(UNTIMED_STEPS):
             training_time += dt
@@ -582,5 +424,4 @@ if __name__ == "__main__":
     try:
         main()
     except torch.OutOfMemoryError:
-        sys.exit(f"train.py: out of GPU memory; lower MICRO_BATCH (the same training in more passes), or SEQ_LEN "
-                 f"or DEPTH (device: {os.environ.get('AUTORESEARCH_DEVICE', 'auto')})")
+        sys.exit("train.py: out of GPU memory; lower MICRO_BATCH (the same training in more passes)")
