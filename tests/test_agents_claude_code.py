@@ -13,7 +13,7 @@ if not (Path(sdk.__file__).parent / "_bundled" / "claude").exists():
 
 from autoresearch.agents import AgentError, create
 from autoresearch.agents.claude_code import TOOLS, collect
-from autoresearch.agents.llm import Workbench
+from autoresearch.agents.workbench import Workbench
 from autoresearch.config import AgentSection
 from autoresearch.records import State
 from standin import Reply, Request, StandIn, context_for, message, stream, text, tool_results, tool_use

@@ -32,8 +32,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
-from . import scope
-from .agents import AgentError, AgentExhausted, Context, Proposal, ProposalError
+from . import briefing, scope
+from .agents import AgentError, AgentExhausted, AgentSetupError, Context, Proposal, ProposalError
 from .records import Experiment, State
 
 if TYPE_CHECKING:
@@ -215,6 +215,14 @@ class Scheduler:
                 except AgentExhausted as exc:
                     self._end(f"the agent has no more proposals: {exc}")
                     return
+                except AgentSetupError as exc:  # recorded, then no more proposals: the next would fail the same way
+                    item = Pending(context.parent, failure=("(no proposal)", f"agent error: {exc}", exc.usage))
+                    with self.cond:
+                        self.queue.append(item)
+                        self.made += 1
+                        self.cond.notify_all()
+                    self._end(f"stopped: {exc}")
+                    return
                 except ProposalError as exc:
                     item = Pending(context.parent, failure=("(malformed proposal)", f"malformed proposal: {exc}",
                                                             getattr(exc, "usage", None)))
@@ -252,9 +260,7 @@ class Scheduler:
             best.commit, lambda path: scope.matches(path, config.files.editable) and not scope.is_protected(path, config))
         with self.cond:
             pending = tuple(item.proposal for item in (*self.queue, *self.applying) if item.proposal is not None)
-        return Context(config, session.target.program(), files, best, session.ledger.baseline(session.tag),
-                       tuple(session.ledger.experiments(session.tag)),
-                       suggestions=tuple(session.ledger.pending_suggestions(session.tag)[:1]), pending=pending)
+        return briefing.context(session, best, files, pending)
 
     # ---------------------------------------------------------------- the slots
 

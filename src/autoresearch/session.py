@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Optional
 
-from . import constraints, control, integrity, judge, knobs as knob_values, scope, stats, verify
-from .agents import Agent, AgentError, AgentExhausted, Context, Proposal, ProposalError
+from . import briefing, constraints, control, integrity, judge, knobs as knob_values, scope, stats, verify
+from .agents import Agent, AgentError, AgentExhausted, AgentSetupError, Proposal, ProposalError
 from .budget import Budget
 from .config import LimitsSection
 from .costs import dollars
@@ -210,6 +210,8 @@ class Session:
                     return f"paused: the agent failed {failures} times in a row ({experiment.reason})"
         except AgentExhausted as exc:
             return f"the agent has no more proposals: {exc}"
+        except AgentSetupError as exc:
+            return f"stopped: {exc}"
         return f"done: {done} experiments"
 
     def close(self) -> None:
@@ -233,16 +235,16 @@ class Session:
         """One experiment: propose, check, commit, run, judge, record."""
         parent = self._recalibrated(worktree, slot, self.ledger.best(self.tag))
         worktree.reset_to(parent.commit)
-        history = tuple(self.ledger.experiments(self.tag))
-        suggestions = tuple(self.ledger.pending_suggestions(self.tag)[:1])  # `autoresearch suggest`, oldest first
-        context = Context(self.target.config, self.target.program(), self._editable_files(worktree),
-                          parent, self.ledger.baseline(self.tag), history, suggestions)
+        context = briefing.context(self, parent, self._editable_files(worktree))
         usage = None  # what the proposal cost (LLM agents), recorded with the experiment whatever happens
         try:
             proposal = self.agent.propose(context)
             usage = proposal.meta.get("usage")
             self._apply(worktree, proposal)
         except (AgentExhausted, KeyboardInterrupt):
+            raise
+        except AgentSetupError as exc:  # recorded, then the session ends: the next proposal would fail the same way
+            self._spent(self._reject(parent, Proposal("(no proposal)"), f"agent error: {exc}"), exc.usage)
             raise
         except ProposalError as exc:
             return self._spent(self._reject(parent, Proposal("(malformed proposal)"), f"malformed proposal: {exc}"),
@@ -480,7 +482,7 @@ class Session:
 
     def _spent(self, experiment: Experiment, usage) -> Experiment:
         """Record what the proposal behind `experiment` cost (nothing for agents that do not pay)."""
-        if usage is not None and (usage.tokens or usage.requests):
+        if usage is not None and (usage.tokens or usage.requests or usage.checks):
             self.ledger.add_agent_cost(experiment.id, self.session_id, experiment.agent, usage)
         return experiment
 
