@@ -112,7 +112,9 @@ def _detail(book: "_Book", index: int, diff_chars: int, log_chars: int) -> str:
     experiment = book.by_index.get(index)
     if experiment is None:
         return f"no experiment #{index}; the experiments are #0 to #{len(book.history) - 1}"
-    lines = [f"experiment #{index}: {book.verdict(experiment)}, proposed by {experiment.agent}",
+    verdict = book.verdict(experiment)
+    state = experiment.state.value + (f" ({verdict})" if verdict != experiment.state.value else "")
+    lines = [f"experiment #{index}: {state}, proposed by {experiment.agent}",
              f"hypothesis: {experiment.description}",
              f"metric: {_num(experiment.metric)}  gain over its parent: {book.gain_text(experiment)}",
              f"change: +{experiment.lines_added}/-{experiment.lines_removed} lines"]

@@ -221,7 +221,7 @@ class Scheduler:
                         self.queue.append(item)
                         self.made += 1
                         self.cond.notify_all()
-                    self._end(f"stopped: {exc}")
+                    self._end(f"paused: {exc}")
                     return
                 except ProposalError as exc:
                     item = Pending(context.parent, failure=("(malformed proposal)", f"malformed proposal: {exc}",

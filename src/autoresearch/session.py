@@ -210,8 +210,8 @@ class Session:
                     return f"paused: the agent failed {failures} times in a row ({experiment.reason})"
         except AgentExhausted as exc:
             return f"the agent has no more proposals: {exc}"
-        except AgentSetupError as exc:
-            return f"stopped: {exc}"
+        except AgentSetupError as exc:  # the same answer every time: the user changes the server or the settings
+            return f"paused: {exc}"
         return f"done: {done} experiments"
 
     def close(self) -> None:

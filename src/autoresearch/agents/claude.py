@@ -18,7 +18,8 @@ from typing import Optional
 from ..costs import priced
 from . import AgentError
 from .llm import LLMAgent, status_account
-from .prompt import MIN_OUTPUT_TOKENS, TASK, first_message, max_output, one_line, program_text, system_prompt, tools_sentence
+from .prompt import MIN_OUTPUT_TOKENS, TASK, first_message, max_output, one_line, output_chars, program_text, \
+    system_prompt, tools_sentence
 from .workbench import Workbench
 
 # The strongest Claude model for code that the models overview recommended when this was written
@@ -62,6 +63,7 @@ class ClaudeAgent(LLMAgent):
         fixed = len(system_text) + len(json.dumps(tools)) + len(program_text(context)) + len(TASK)
         first = first_message(context, self.settings, fixed, self.chars_per_token)
         bench.shown, bench.memory_chars = first.shown, first.memory_chars
+        bench.output_chars = output_chars(self.settings, self.chars_per_token)
         system = [{"type": "text", "text": system_text},
                   {"type": "text", "text": program_text(context), "cache_control": CACHE}]
         messages: list[dict] = [{"role": "user", "content": [

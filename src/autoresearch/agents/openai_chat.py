@@ -28,8 +28,8 @@ from typing import Optional
 from ..costs import priced
 from . import AgentError, AgentSetupError
 from .llm import LLMAgent, server_refusal, status_account
-from .prompt import MIN_OUTPUT_TOKENS, NO_TOOLS, TASK, first_message, max_output, program_text, system_prompt, \
-    tools_sentence
+from .prompt import MIN_OUTPUT_TOKENS, NO_TOOLS, TASK, first_message, max_output, output_chars, program_text, \
+    system_prompt, tools_sentence
 from .workbench import Workbench
 
 API_KEY_VARIABLE = "OPENAI_API_KEY"
@@ -83,6 +83,7 @@ class OpenAIAgent(LLMAgent):
         fixed = len(system) + len(json.dumps(tools or [])) + len(program_text(context)) + len(tail)
         first = first_message(context, self.settings, fixed, self.chars_per_token, tools=bool(tools))
         bench.shown, bench.memory_chars = first.shown, first.memory_chars
+        bench.output_chars = output_chars(self.settings, self.chars_per_token)
         prompt = "\n".join([program_text(context), first.files, first.memory])
         messages: list[dict] = [{"role": "system", "content": system}, {"role": "user", "content": prompt + "\n" + tail}]
         if tools:

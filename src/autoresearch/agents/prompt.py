@@ -4,16 +4,19 @@ The system prompt names the tools the backend really has (the workbench's, Claud
 none in plain-text mode). The first message carries the program, the editable files at the best
 commit and the research memory (autoresearch.memory), rebuilt from the ledger every proposal.
 
-With `[agent] context_tokens` (a local model), the first message is sized to fit: the files are
-shown in full when they fit beside a small memory, else each file's head with a note saying how to
-read the rest; the memory gets what is left (up to `memory_chars`); each request then asks for at
-most the tokens the window has left (`max_output`). Tokens are estimated from characters, at
+With `[agent] context_tokens` (a local model), the first message is sized to fit half the window
+(a quarter stays for the answer, a quarter for the tool turns): the files are shown in full when
+they fit beside a small memory, else a Python file's UPPERCASE constants and then its head, with a
+note saying how to read the rest; the memory gets what is left (up to `memory_chars`); each request
+then asks for at most the tokens the window has left (`max_output`), and each tool output is cut
+to an eighth of the window (`output_chars`). Tokens are estimated from characters, at
 CHARS_PER_TOKEN until the server's own counts (usage.prompt_tokens) give the real ratio.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,6 +27,7 @@ from . import AgentSetupError, Context
 CHARS_PER_TOKEN = 3.0  # cautious: prose and code run 3.5-4 characters per token in most tokenizers
 MIN_OUTPUT_TOKENS = 512  # a request that leaves the model fewer than this to answer is not sent
 MEMORY_FLOOR = 2000  # the memory's share of the context before the files are shown only in part
+_CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*\s*=")  # a module-level UPPERCASE constant: a hyperparameter
 
 ROLE = """\
 You are a machine-learning researcher in an automated research loop. Each time you are called you \
@@ -89,19 +93,21 @@ def files_text(context: Context, room: Optional[int] = None, tools: bool = True)
     if room is None or whole <= room:
         return "\n".join(parts + [f"### {path}\n```\n{context.files[path]}\n```\n" for path in sorted(context.files)]), \
             set(context.files)
-    share = max(0, room // max(1, len(context.files)) - 200)
+    share = max(0, room // max(1, len(context.files)) - 250)
     for path in sorted(context.files):
         lines = context.files[path].splitlines(keepends=True)
-        head, size = [], 0
-        for line in lines:
-            if size + len(line) > share:
-                break
-            head.append(line)
-            size += len(line)
-        rest = (f"read_file(path, start, end) shows any lines" if tools else
-                "edit only the lines shown")
-        parts.append(f"### {path} (lines 1-{len(head)} of {len(lines)}: the whole file does not fit the model's "
-                     f"context; {rest})\n```\n{''.join(head)}```\n")
+        constants = [i for i, line in enumerate(lines) if path.endswith(".py") and _CONSTANT.match(line)]
+        shown, size = [], 0
+        for i in [*constants, *range(len(lines))]:  # the constants, where most ideas start; then from the top
+            if i not in shown:
+                if size + len(lines[i]) > share:
+                    break
+                shown.append(i)
+                size += len(lines[i])
+        rest = "read_file(path, start, end) shows any lines" if tools else "edit only lines shown here"
+        excerpt = "".join(("...\n" if i and i - 1 not in shown else "") + lines[i] for i in sorted(shown))
+        parts.append(f"### {path} ({len(shown)} of its {len(lines)} lines: the whole file does not fit the model's "
+                     f"context; {rest})\n```\n{excerpt}```\n")
     return "\n".join(parts), set()
 
 
@@ -155,7 +161,7 @@ def first_message(context: Context, settings: AgentSection, fixed_chars: int, ch
         files, shown = files_text(context, tools=tools)
         return FirstMessage(files, memory_text(context, settings), shown, settings.memory_chars)
     answer = min(settings.max_tokens, max(MIN_OUTPUT_TOKENS, settings.context_tokens // 4))
-    room = int((settings.context_tokens - answer) * chars_per_token) - fixed_chars
+    room = int((settings.context_tokens - answer - settings.context_tokens // 4) * chars_per_token) - fixed_chars
     files, shown = files_text(context, max(0, room - min(settings.memory_chars, MEMORY_FLOOR)), tools=tools)
     budget = min(settings.memory_chars, room - len(files))
     if budget < 300:
@@ -164,6 +170,11 @@ def first_message(context: Context, settings: AgentSection, fixed_chars: int, ch
             f"tools alone take about {math.ceil(fixed_chars / chars_per_token):,} tokens and an answer "
             f"{answer:,}; start the server with a larger context window and raise [agent] context_tokens")
     return FirstMessage(files, memory_text(context, settings, budget), shown, budget)
+
+
+def output_chars(settings: AgentSection, chars_per_token: float) -> Optional[int]:
+    """The most characters one tool output may bring into a conversation: an eighth of the window."""
+    return None if settings.context_tokens is None else int(settings.context_tokens * chars_per_token / 8)
 
 
 def max_output(settings: AgentSection, prompt_chars: int, chars_per_token: float) -> int:

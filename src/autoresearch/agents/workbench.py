@@ -78,6 +78,7 @@ class Workbench:
         self.files = dict(context.files)
         self.shown: set[str] = set()  # editable files the first message carried in full (not sent again unchanged)
         self.memory_chars = settings.memory_chars  # the memory's budget in this conversation (view_memory)
+        self.output_chars: Optional[int] = None  # the most one tool output may bring in (a small context window)
         self.hypothesis: Optional[str] = None  # set by an accepted finish
         self.usage = Usage(cost_usd=0.0)
         self.turns = 0
@@ -120,7 +121,11 @@ class Workbench:
         arguments, wrong = _validated(tools[name], arguments)
         if wrong:
             return self.problem("bad arguments", f"{name} was not run: {wrong}")
-        return getattr(self, f"tool_{name}")(**arguments)
+        text, error = getattr(self, f"tool_{name}")(**arguments)
+        if self.output_chars is not None and len(text) > self.output_chars:
+            text = (text[:self.output_chars] + f"\n[... {len(text) - self.output_chars:,} more characters cut to fit "
+                    "the model's context window: read fewer lines at a time]")
+        return text, error
 
     # ---------------------------------------------------------------- the tools
 
@@ -292,7 +297,8 @@ def _validated(tool: dict, arguments: dict) -> tuple[dict, str]:
     schema = tool["parameters"]["properties"]
     missing = [key for key in tool["parameters"].get("required", ()) if arguments.get(key) is None]
     if missing:
-        needs = ", ".join(tool["parameters"]["required"])
+        required = tool["parameters"]["required"]
+        needs = " and ".join([", ".join(required[:-1]), required[-1]] if len(required) > 1 else required)
         return {}, f"missing argument{'s' * (len(missing) > 1)} {', '.join(missing)} ({tool['name']} needs {needs})"
     out = {}
     for key, spec in schema.items():
