@@ -218,12 +218,16 @@ def test_the_memory_and_the_protected_files_are_read_only_files_in_its_directory
 
     with StandIn(Conversation(look, edit, done)) as server:
         proposal = agent(server).propose(context)
-    results = [r for r in tool_results(main_requests(server)[1])]
-    memory_file, scorer, wrote, edited = results
-    assert "experiment #1: discarded (clear loser)" in str(memory_file["content"]) and "halve the width" in str(memory_file["content"])
-    assert "PENALTY = 0.0" in str(scorer["content"])
-    assert wrote["is_error"] and "autoresearch-memory/memory.md is not an editable file" in str(wrote["content"])
-    assert edited["is_error"] and "scorer.py is not an editable file" in str(edited["content"])
+    results = {str(r["content"]): bool(r.get("is_error")) for r in tool_results(main_requests(server)[1])}
+    assert len(results) == 4  # Claude Code runs the calls at once: their results come in any order
+
+    def result(words):
+        return next((text, error) for text, error in results.items() if words in text)
+
+    assert result("experiment #1: discarded (clear loser)") == (result("halve the width")[0], False)
+    assert not result("PENALTY = 0.0")[1]
+    assert result("refused: autoresearch-memory/memory.md is not an editable file")[1]
+    assert result("refused: scorer.py is not an editable file")[1]
     assert set(proposal.writes) == {"train.py"}
 
 
@@ -265,7 +269,8 @@ def test_the_check_and_the_note_are_tools_it_can_call(toy):
 
     with StandIn(Conversation(edit, check, done)) as server:
         proposal = agent(server).propose(context)
-    checked, noted = tool_results(main_requests(server)[2])[-2:]
-    assert "ok (4steps on cpu" in str(checked["content"]) and "score 2.4" in str(checked["content"])
-    assert "noted" in str(noted["content"]) and notes == ["LR 2 next, then 3"]
+    checked, noted = sorted((str(r["content"]) for r in tool_results(main_requests(server)[2])[-2:]),
+                            key=lambda text: "noted" in text)  # in any order
+    assert "ok (4steps on cpu" in checked and "score 2.4" in checked
+    assert "noted" in noted and notes == ["LR 2 next, then 3"]
     assert proposal.meta["usage"].checks == 1 and proposal.meta["usage"].check_seconds > 0
