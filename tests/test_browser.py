@@ -3,8 +3,8 @@
 The browser is the system's Chromium (Debian: `apt-get install chromium`), found on PATH or named by
 AUTORESEARCH_CHROMIUM; Playwright's own browser downloads are not used. Without one these tests fail
 with a message saying how to install it (set AUTORESEARCH_SKIP_BROWSER=1 to skip them knowingly).
-With AUTORESEARCH_SCREENSHOTS=DIR the screenshots are also written there (the README's come from
-`AUTORESEARCH_SCREENSHOTS=docs/img pytest tests/test_browser.py`).
+With AUTORESEARCH_SCREENSHOTS=DIR the screenshots are also written there (those in README.md and
+docs/commands.md come from `AUTORESEARCH_SCREENSHOTS=docs/img pytest tests/test_browser.py`).
 """
 
 from __future__ import annotations

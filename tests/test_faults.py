@@ -4,7 +4,7 @@ The target is the guarded toy of toy.py: train.py (editable) writes its constant
 output, and a protected evaluate.py scores them with a number kept in the validation split. For each attack the
 test asserts the experiment's state and reason, that the loop went on to the next proposal, and
 that the ledger and git agree (the branch is at the best commit, nothing is left running). The
-README's threat model lists the same attacks with the guard that stops each.
+threat model in docs/security.md lists the same attacks with the guard that stops each.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def jailed() -> bool:
     return sandbox.unavailable() is None
 
 
-@pytest.mark.skipif(not jailed(), reason="no Linux jail here (unshare/user namespaces unavailable): see README")
+@pytest.mark.skipif(not jailed(), reason="no Linux jail here (unshare/user namespaces unavailable): see docs/security.md")
 def test_training_cannot_read_the_validation_split(guarded):
     body = ("val = os.path.join(os.environ['AUTORESEARCH_DATA'], '..', 'val', 'offset.txt')\n"
             "try:\n    print('val offset read:', open(val).read())\nexcept OSError as exc:\n    print('val unreadable:', exc)\n"
@@ -243,7 +243,7 @@ def test_training_cannot_read_the_validation_split(guarded):
     assert attempt.state.value == "discarded"  # it could not use what it could not read
 
 
-@pytest.mark.skipif(not jailed(), reason="no Linux jail here (unshare/user namespaces unavailable): see README")
+@pytest.mark.skipif(not jailed(), reason="no Linux jail here (unshare/user namespaces unavailable): see docs/security.md")
 def test_a_run_cannot_open_a_network_connection(guarded):
     import socket
     import threading

@@ -18,7 +18,7 @@ SIGKILLs it when its total RSS, its process count or its log goes over the limit
 
 This is damage control for a run the harness does not trust, not a security boundary against a
 determined attacker: the run keeps your uid, sees the host's processes, /tmp and your home
-directory, and shares the GPUs. See the README's threat model.
+directory, and shares the GPUs. See the threat model in docs/security.md.
 """
 
 from __future__ import annotations
