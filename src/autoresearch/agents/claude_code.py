@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import stat
 import tempfile
+import threading
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
@@ -106,12 +107,18 @@ class ClaudeCodeAgent(LLMAgent):
         import anyio
         from claude_agent_sdk import tool
 
+        one_at_a_time = threading.Lock()  # Claude Code may call both at once; the workbench is not shared
+
         def served(name: str):
             spec = next(t for t in ALL_TOOLS if t["name"] == name)
 
+            def call(arguments: dict) -> tuple[str, bool]:
+                with one_at_a_time:
+                    collect(scratch, bench)
+                    return bench.call(name, arguments)
+
             async def handler(arguments):
-                collect(scratch, bench)
-                text, error = await anyio.to_thread.run_sync(bench.call, name, dict(arguments or {}))
+                text, error = await anyio.to_thread.run_sync(call, dict(arguments or {}))
                 return {"content": [{"type": "text", "text": text}], "is_error": error}
 
             return tool(name, spec["description"], spec["parameters"])(handler)

@@ -50,8 +50,8 @@ _MEMORY = {"name": "view_memory",
            "parameters": {"type": "object", "properties": {"experiment": {"type": "integer"}}}}
 _CHECK = {"name": "check",
           "description": (f"Try your edited code before you finish: the harness runs the training command on the "
-                          f"files as you edited them, for a few optimizer steps on a small device ({MAX_CHECKS} "
-                          "checks per proposal, 5-30 s each). Returns ok with what the run printed (parameter count, "
+                          f"files as you edited them for 4 optimizer steps, on the CPU unless configured otherwise "
+                          f"({MAX_CHECKS} checks per proposal, 5-30 s each). Returns ok with what the run printed (parameter count, "
                           "throughput) or the error and its traceback. Nothing is recorded but its cost."),
           "parameters": {"type": "object", "properties": {}}}
 _NOTE = {"name": "note",
@@ -194,7 +194,10 @@ class Workbench:
             if problem:
                 return self.problem("does not parse", f"not run: {problem}")
         self.checks += 1
-        result = self.context.check(writes, self.settings.check)
+        try:
+            result = self.context.check(writes, self.settings.check)
+        except Exception as exc:  # the harness's side failed (git, the disk): the model may go on without it
+            return self.problem("check failed", f"the check could not run: {type(exc).__name__}: {exc}")
         self.spend(Usage(checks=1, check_seconds=result.seconds))
         where = f"{result.budget} on {result.device}, {result.seconds:.1f}s in all"
         if result.ok:
