@@ -11,7 +11,11 @@ the same registry, so the loop never imports a concrete agent:
 that pays for its proposals puts a `costs.Usage` in `Proposal.meta["usage"]` (or on the error it
 raises), and the session records it in the ledger. An agent that read the human's suggestions
 (`Context.suggestions`) lists their ids in `Proposal.meta["suggestions"]`: the ledger then records
-them as taken up by this proposal's experiment; the others wait for the next proposal.
+them as taken up by this proposal's experiment; the others wait for the next proposal. A session's
+Context also carries the harness's services (briefing.py): `check(writes, device)` runs the edited
+files for a few training steps and returns a `trial.Trial`; `note(text)` keeps a line for later
+proposals (`Context.notes`). An agent raises `AgentSetupError` when its server cannot serve it as
+set up: the session then pauses with that message.
 """
 
 from __future__ import annotations
