@@ -6,7 +6,8 @@
 
 A reply is a `Reply` (status, headers, a JSON body or server-sent events) or a plain dict (a JSON
 200). The builders below speak the Anthropic Messages API and OpenAI chat completions, with usage
-and prompt-cache fields, tool calls, and streaming events for Claude Code.
+and prompt-cache fields, tool calls, and streaming events for Claude Code; and what local servers
+answer when they cannot serve a request (vLLM's refusals, Ollama's silent truncation).
 """
 
 from __future__ import annotations
@@ -173,6 +174,28 @@ def completion(content: Optional[str] = None, calls: Optional[list] = None, usag
             "choices": [{"index": 0, "finish_reason": finish,
                          "message": {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}}],
             "usage": usage or {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+
+
+# ---------------------------------------------------------------------------- local servers' refusals
+
+
+def vllm_refusal(words: str) -> Reply:
+    """vLLM's OpenAI-compatible server refusing a request: HTTP 400 with its error object."""
+    return Reply({"error": {"message": words, "type": "BadRequestError", "param": None, "code": 400}}, status=400)
+
+
+# What vLLM answers a request with tools when it was started without its tool-calling flags, and one that does not
+# fit its context window (--max-model-len).
+VLLM_TOOL_CHOICE = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+VLLM_CONTEXT = ("This model's maximum context length is 8192 tokens. However, you requested 24000 tokens (8000 in the "
+                "messages, 16000 in the completion). Please reduce the length of the messages or completion.")
+
+
+def ollama_truncated(content: Optional[str] = None, calls: Optional[list] = None, context: int = 2048) -> dict:
+    """What Ollama answers a prompt longer than its context length: a normal completion, counting only the tokens
+    it kept (it cuts the prompt without an error)."""
+    return completion(content, calls, usage={"prompt_tokens": context, "completion_tokens": 20,
+                                             "total_tokens": context + 20})
 
 
 # ---------------------------------------------------------------------------- an agent's context, without a session

@@ -75,10 +75,12 @@ def test_the_stable_prefix_is_marked_for_prompt_caching(toy):
 
 
 def test_tool_results_go_back_to_the_model(toy):
-    with StandIn(list(RAISE_LR)) as server:
+    script = [message(tool_use("read_file", path="train.py", start=5, end=6)), *RAISE_LR[1:]]
+    with StandIn(script) as server:
         proposal = agent(server).propose(context_for(toy.root))
     read, replaced = tool_results(server.requests[2])
-    assert "LR = 1.0" in read["content"] and not read["is_error"]
+    assert read["content"] == ("train.py, lines 5-6 of 16:\nLR = 1.0     # learning rate: best at 3\n"
+                               "WIDTH = 4    # width: best at 8\n") and not read["is_error"]
     assert "replaced in train.py at line 5" in replaced["content"]
     assert proposal.writes["train.py"].count("LR = 2.0") == 1
 

@@ -1,8 +1,10 @@
 """The claude-code agent: the real Claude Agent SDK and its bundled Claude Code program, talking to a local
 streaming (server-sent events) Messages API stand-in, with a temporary HOME and no other traffic."""
 
+import dataclasses
 import json
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,11 +13,13 @@ sdk = pytest.importorskip("claude_agent_sdk")
 if not (Path(sdk.__file__).parent / "_bundled" / "claude").exists():
     pytest.skip("the Claude Agent SDK has no bundled Claude Code program here", allow_module_level=True)
 
+from autoresearch import briefing, trial
 from autoresearch.agents import AgentError, create
 from autoresearch.agents.claude_code import TOOLS, collect
-from autoresearch.agents.llm import Workbench
+from autoresearch.agents.workbench import Workbench
 from autoresearch.config import AgentSection
-from autoresearch.records import State
+from autoresearch.records import Experiment, State
+from autoresearch.target import Target
 from standin import Reply, Request, StandIn, context_for, message, stream, text, tool_results, tool_use
 from toy import TAG
 
@@ -163,3 +167,110 @@ def test_a_rate_limit_that_outlasts_the_retries_is_an_agent_error(toy):
 
     with StandIn(script) as server, pytest.raises(AgentError, match=r"Claude Code failed \(HTTP 429\)"):
         agent(server, max_retries=0).propose(context_for(toy.root))
+
+
+# ---------------------------------------------------------------- told the truth, and guarded
+
+
+def with_services(toy):
+    """The context a session gives: the check, a note recorder, the protected files to read."""
+    target = Target.open(toy.root)
+    notes = []
+    context = dataclasses.replace(context_for(toy.root, [tried()]), note=notes.append,
+                                  check=partial(trial.check, target, toy.resolve("HEAD")),
+                                  read_only=briefing.read_only(target, toy.resolve("HEAD")))
+    return context, notes
+
+
+def tried():
+    return Experiment(id=2, tag="t", index=1, state=State.DISCARDED, parent="c0", commit="c1", agent="claude-code",
+                      description="halve the width", diff="-WIDTH = 4\n+WIDTH = 2\n", metric=5.6)
+
+
+def main_requests(server):
+    return [r for r in server.requests if "Edit" in [t.get("name") for t in r.body.get("tools", [])]]
+
+
+def test_the_prompt_names_the_tools_claude_code_has_and_the_hypothesis_line(toy):
+    context, _ = with_services(toy)
+    with StandIn(Conversation(edit, done)) as server:
+        agent(server).propose(context)
+    first = main_requests(server)[0].body
+    system = json.dumps(first["system"])
+    for name in ("Read, Glob and Grep", "Edit and Write", "mcp__autoresearch__check", "mcp__autoresearch__note",
+                 "HYPOTHESIS: what you changed", "autoresearch-memory/"):
+        assert name in system
+    for wrong in ("read_file", "view_memory", "replace (", "call finish"):
+        assert wrong not in system and wrong not in json.dumps(first["messages"])
+    offered = {t["name"] for t in first["tools"]}
+    assert {"mcp__autoresearch__check", "mcp__autoresearch__note"} <= offered
+    assert not offered & {"Bash", "WebFetch", "WebSearch"}
+
+
+def test_the_memory_and_the_protected_files_are_read_only_files_in_its_directory(toy):
+    context, _ = with_services(toy)
+
+    def look(cwd):
+        return [tool_use("Read", file_path=f"{cwd}/autoresearch-memory/experiment-0001.md"),
+                tool_use("Read", file_path=f"{cwd}/scorer.py"),
+                tool_use("Write", file_path=f"{cwd}/autoresearch-memory/memory.md", content="all kept\n"),
+                tool_use("Edit", file_path=f"{cwd}/scorer.py", old_string="PENALTY = 0.0", new_string="PENALTY = -9")]
+
+    with StandIn(Conversation(look, edit, done)) as server:
+        proposal = agent(server).propose(context)
+    results = {str(r["content"]): bool(r.get("is_error")) for r in tool_results(main_requests(server)[1])}
+    assert len(results) == 4  # Claude Code runs the calls at once: their results come in any order
+
+    def result(words):
+        return next((text, error) for text, error in results.items() if words in text)
+
+    assert result("experiment #1: discarded (clear loser)") == (result("halve the width")[0], False)
+    assert not result("PENALTY = 0.0")[1]
+    assert result("refused: autoresearch-memory/memory.md is not an editable file")[1]
+    assert result("refused: scorer.py is not an editable file")[1]
+    assert set(proposal.writes) == {"train.py"}
+
+
+@pytest.mark.parametrize("tool, arguments", [
+    ("Glob", {"pattern": "/etc/*"}),
+    ("Glob", {"pattern": "../**/*.py"}),
+    ("Glob", {"pattern": "**/../../*"}),
+    ("Glob", {"pattern": "{/etc,x}/passwd"}),
+    ("Glob", {"pattern": "*", "path": "/etc"}),
+    ("Grep", {"pattern": "root", "path": "/etc"}),
+    ("Grep", {"pattern": "root", "glob": "/etc/**"}),
+    ("Read", {"file_path": "../toy/scorer.py"}),
+])
+def test_every_path_like_argument_is_guarded(toy, tool, arguments):
+    def escape(cwd):
+        return [tool_use(tool, **arguments)]
+
+    with StandIn(Conversation(escape, edit, done)) as server:
+        agent(server).propose(context_for(toy.root))
+    (result,) = tool_results(main_requests(server)[1])
+    assert result["is_error"] and "outside the working directory" in str(result["content"])
+
+
+def test_a_glob_inside_the_directory_is_allowed(toy):
+    def look(cwd):
+        return [tool_use("Glob", pattern="**/*.py")]
+
+    with StandIn(Conversation(look, edit, done)) as server:
+        agent(server).propose(context_for(toy.root))
+    (result,) = tool_results(main_requests(server)[1])
+    assert not result.get("is_error") and "train.py" in str(result["content"])
+
+
+def test_the_check_and_the_note_are_tools_it_can_call(toy):
+    context, notes = with_services(toy)
+
+    def check(cwd):
+        return [tool_use("mcp__autoresearch__check"), tool_use("mcp__autoresearch__note", text="LR 2 next, then 3")]
+
+    with StandIn(Conversation(edit, check, done)) as server:
+        proposal = agent(server).propose(context)
+    checked, noted = sorted((str(r["content"]) for r in tool_results(main_requests(server)[2])[-2:]),
+                            key=lambda text: "noted" in text)  # in any order
+    assert "ok (4steps on cpu" in checked and "score 2.4" in checked
+    assert "noted" in noted and notes == ["LR 2 next, then 3"]
+    assert proposal.meta["usage"].checks == 1 and proposal.meta["usage"].check_seconds > 0

@@ -55,10 +55,13 @@ def test_tool_calls_make_an_edit_that_lands_and_is_run(toy, cli):
     first = server.requests[0]
     assert first.path == "/v1/chat/completions" and first.body["model"] == "local-model"
     assert [t["function"]["name"] for t in first.body["tools"]] == \
-           ["read_file", "list_files", "replace", "view_memory", "finish"]
+           ["read_file", "list_files", "replace", "view_memory", "check", "note", "finish"]
+    assert first.body["tool_choice"] == "auto"
+    assert first.body["max_tokens"] == first.body["max_completion_tokens"] == 16000  # both names, for local servers
     assert first.body["messages"][0]["role"] == "system"
     tool_message = server.requests[1].body["messages"][-1]
-    assert tool_message["role"] == "tool" and "LR = 1.0" in tool_message["content"]
+    assert tool_message["role"] == "tool" and "train.py is unchanged since your first message" in tool_message["content"]
+    assert "content" not in server.requests[2].body["messages"][-2]  # no null content beside tool calls
 
 
 def test_a_failed_tool_call_is_reported_as_the_tool_result(toy):
@@ -125,7 +128,8 @@ def test_plain_text_garbage_to_the_end_is_an_agent_error(toy, cli):
                      "--experiments", "2")
     assert result.code == 0, result.text
     failures = toy.experiments()[1:]
-    assert [e.reason for e in failures] == ["agent error: the model did not finish within 2 tool turns"] * 2
+    assert [e.reason for e in failures] == ["agent error: the model did not finish within 2 tool turns; its answers: "
+                                            "no edit block (2)"] * 2
     assert json.loads(cli("status", "-C", toy.root, "--json").out)["agent_cost"]["requests"] == 4
 
 

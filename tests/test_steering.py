@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from autoresearch.agents.llm import memory_text
+from autoresearch.agents.prompt import memory_text
 from autoresearch.config import AgentSection
 from autoresearch.records import State, Suggestion
 from standin import context_for

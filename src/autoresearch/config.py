@@ -117,9 +117,13 @@ class RunSection(_Section):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return _device(value)
+
+
+def _device(value: str, also: str = "") -> str:
+    if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError(f"expected {also}auto, cpu, cuda, cuda:N or mps")
 
 
 class JudgeSection(_Section):
@@ -241,10 +245,18 @@ class AgentSection(_Section):
     timeout: float = Field(default=600, gt=0)  # seconds per request
     tools: bool = True  # openai: false = plain-text replies (search/replace blocks or a diff)
     memory_chars: int = Field(default=24000, ge=2000)  # the research memory's size budget
+    # the model server's context window in tokens (a local model): every request is sized to fit it
+    context_tokens: Optional[int] = Field(default=None, ge=2048)
+    check: str = "cpu"  # where the agent's check tool runs the edited code (cpu, auto, cuda, cuda:N, mps), or off
     memory_experiments: int = Field(default=40, ge=1)  # rows of the recent-experiments table
     search_per_llm: int = Field(default=2, ge=0)  # hybrid: knob proposals after each LLM proposal
     adopt_knobs: bool = True  # hybrid: the search also tunes constants the LLM added or changed
     prices: dict[str, Price] = {}  # model -> price, over the built-in table (autoresearch.costs)
+
+    @field_validator("check")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        return value if value == "off" else _device(value, "off, ")
 
 
 class LimitsSection(_Section):

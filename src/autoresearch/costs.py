@@ -53,7 +53,8 @@ class Usage:
     """Tokens one proposal used (every request it made), and their cost; None: the price is unknown.
 
     `input_tokens` counts uncached input only; cache reads and writes are counted apart, as the
-    providers bill them."""
+    providers bill them. `checks` and `check_seconds`: the agent's `check` tool runs of its code (compute spent
+    on this machine, not billed by the provider)."""
 
     model: str = ""
     input_tokens: int = 0
@@ -62,6 +63,8 @@ class Usage:
     cache_write_tokens: int = 0
     requests: int = 0
     cost_usd: Optional[float] = 0.0
+    checks: int = 0
+    check_seconds: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -71,12 +74,14 @@ class Usage:
         cost = None if self.cost_usd is None or other.cost_usd is None else self.cost_usd + other.cost_usd
         return Usage(self.model or other.model, self.input_tokens + other.input_tokens,
                      self.output_tokens + other.output_tokens, self.cache_read_tokens + other.cache_read_tokens,
-                     self.cache_write_tokens + other.cache_write_tokens, self.requests + other.requests, cost)
+                     self.cache_write_tokens + other.cache_write_tokens, self.requests + other.requests, cost,
+                     self.checks + other.checks, self.check_seconds + other.check_seconds)
 
     def as_dict(self) -> dict:
         return {"model": self.model, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "cache_read_tokens": self.cache_read_tokens, "cache_write_tokens": self.cache_write_tokens,
-                "requests": self.requests, "cost_usd": self.cost_usd}
+                "requests": self.requests, "cost_usd": self.cost_usd, "checks": self.checks,
+                "check_seconds": self.check_seconds}
 
 
 def priced(model: str, input_tokens: int = 0, output_tokens: int = 0, cache_read_tokens: int = 0,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .costs import Usage
-from .records import Experiment, Flag, RunRecord, RunState, State, Suggestion
+from .records import Experiment, Flag, Note, RunRecord, RunState, State, Suggestion
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", """
@@ -213,6 +213,20 @@ MIGRATIONS: list[tuple[str, str]] = [
             WHERE e.id = runs.experiment_id AND s.started_at <= runs.finished_at
             ORDER BY s.started_at DESC LIMIT 1);
     """),
+    ("010_agent_notes", """
+        CREATE TABLE notes (
+            id INTEGER PRIMARY KEY,
+            tag TEXT NOT NULL REFERENCES tags(tag),
+            session_id INTEGER REFERENCES sessions(id),
+            after_idx INTEGER NOT NULL,
+            agent TEXT NOT NULL DEFAULT '',
+            text TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX notes_by_tag ON notes(tag, id);
+        ALTER TABLE agent_costs ADD COLUMN checks INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE agent_costs ADD COLUMN check_seconds REAL NOT NULL DEFAULT 0;
+    """),
 ]
 
 _EXPERIMENT_COLUMNS = ("id, tag, idx, state, parent, commit_sha, description, agent, diff, lines_added, "
@@ -393,15 +407,18 @@ class Ledger:
 
     # ---------------------------------------------------------------- agent costs (tokens and dollars per proposal)
 
-    _COST_COLUMNS = "model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, requests, cost_usd"
+    # in the order of costs.Usage's fields
+    _COST_COLUMNS = ("model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, requests, cost_usd, "
+                     "checks, check_seconds")
 
     def add_agent_cost(self, experiment_id: int, session_id: Optional[int], agent: str, usage: Usage) -> None:
         with self._transaction():
             self.db.execute(
                 f"INSERT INTO agent_costs (experiment_id, session_id, agent, {self._COST_COLUMNS}, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (experiment_id, session_id, agent, usage.model, usage.input_tokens, usage.output_tokens,
-                 usage.cache_read_tokens, usage.cache_write_tokens, usage.requests, usage.cost_usd, time.time()))
+                 usage.cache_read_tokens, usage.cache_write_tokens, usage.requests, usage.cost_usd, usage.checks,
+                 usage.check_seconds, time.time()))
 
     def agent_costs(self, tag: str) -> dict[int, Usage]:
         """Experiment index -> what its proposal cost, for the experiments that were proposed by a paid agent."""
@@ -620,6 +637,25 @@ class Ledger:
         keys = ("id", "text", "source", "created_at", "taken_at", "experiment", "state", "metric", "effect", "reason",
                 "description")
         return [dict(zip(keys, row)) for row in rows]
+
+
+    # ---------------------------------------------------------------- the agent's notes
+
+    def add_note(self, tag: str, session_id: Optional[int], agent: str, text: str) -> Note:
+        """A note of the agent's, placed after the latest experiment of `tag` (in one transaction with reading it)."""
+        now = time.time()
+        with self._transaction():
+            (after,) = self.db.execute("SELECT COALESCE(MAX(idx), 0) FROM experiments WHERE tag = ?", (tag,)).fetchone()
+            cursor = self.db.execute("INSERT INTO notes (tag, session_id, after_idx, agent, text, created_at) "
+                                     "VALUES (?, ?, ?, ?, ?, ?)", (tag, session_id, after, agent, text, now))
+        return Note(cursor.lastrowid, tag, text, after, agent, now)
+
+    def notes(self, tag: str, latest: Optional[int] = None) -> list[Note]:
+        """The notes of `tag`, oldest first (only the `latest` ones when given)."""
+        rows = self.db.execute("SELECT id, tag, text, after_idx, agent, created_at FROM notes WHERE tag = ? "
+                               "ORDER BY id DESC" + (" LIMIT ?" if latest is not None else ""),
+                               (tag, latest) if latest is not None else (tag,)).fetchall()
+        return [Note(*row) for row in reversed(rows)]
 
 
 class _Transaction:

@@ -4,17 +4,22 @@ Not an ever-growing chat: each proposal starts from the program, the current bes
 compact text, whose size is capped (`[agent] memory_chars`) and stays within the cap at
 experiment 1,000 as at experiment 10. In order of priority:
 
-    the standing       baseline, best, improvement, noise, counts per state
+    the standing       baseline, best, improvement, noise, counts per state, the device the runs use
+    what the runs did  the run summaries (throughput, steps, size, memory: the means over an experiment's
+                       runs) of the baseline, the best and the latest experiments, with compact loss curves
     the kept chain     what made the best code what it is
-    recent experiments a table: index, state, effect, uncertainty, size of change, hypothesis
+    recent experiments a table: index, verdict (kept, clear loser, near miss, inconclusive, crashed...),
+                       the judge's gain +- its standard error / the margin it had to clear, runs, size, hypothesis
+    the agent's notes  what it wrote down for itself in earlier proposals (its note tool)
     notable ones       the biggest gains and the nearest misses from before the table
     diffs              of recent and of the nearest-miss discarded experiments
     failures           why recent runs crashed, with their log tails
 
-Text that comes from training runs (log tails, reasons) is untrusted: it is truncated and put
-inside an `<untrusted-data>` block, which the agents' system prompt tells the model to read as
-data, never as instructions. Near-duplicates of earlier proposals (the same normalised diff, or
-nearly the same hypothesis) are found here too, so an agent can be asked for something else.
+Text that comes from training runs (log tails, reasons) and the agent's notes are untrusted: they
+are truncated and put inside an `<untrusted-data>` block, which the agents' system prompt tells the
+model to read as data, never as instructions. What is read from run logs otherwise is numbers, and
+a device name of letters and digits. Near-duplicates of earlier proposals (the same normalised diff,
+or nearly the same hypothesis) are found here too, so an agent can be asked for something else.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections import Counter
 from typing import Iterable, Optional, Sequence
 
 from . import stats
-from .records import Experiment, State
+from .records import Experiment, Note, RunState, State
 
 UNTRUSTED_OPEN = "<untrusted-data"
 UNTRUSTED_CLOSE = "</untrusted-data>"
@@ -39,16 +44,28 @@ DIFF_CHARS = 1500  # one diff in the memory
 LOG_CHARS = 700  # one log tail in the memory
 KEPT_SHOWN = 15  # the latest links of the kept chain
 NOTABLE = 5  # gains and near misses from before the table
+RUNS_SHOWN = 4  # latest experiments whose run summaries are shown, besides the baseline's and the best's
+CURVE_POINTS = 8  # points of a compact loss curve
+FIGURES = 7  # run summary figures per experiment
+NOTES_CHARS = 2500  # the agent's notes, the latest that fit
+# The run summary figures shown first, where a run prints them (the built-in target does); then any others.
+PREFERRED_FIGURES = ("tokens_per_second", "num_steps", "mfu_percent", "num_params_M", "peak_memory_mb",
+                     "train_loss", "training_seconds", "total_tokens_M")
+_DEVICE = re.compile(r"^device:\s*([A-Za-z]+(?::\d+)?)\b", re.M)
+_STEP = re.compile(r"\bstep\s*[:=]?\s*(\d+)")
+_LOSS = re.compile(r"\bloss\s*[:=]?\s*(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
 
 
 def build(history: Sequence[Experiment], *, metric: str, minimize: bool, min_effect: float = 0.0,
-          budget: int = 24000, recent: int = 40) -> str:
+          budget: int = 24000, recent: int = 40, notes: Sequence[Note] = ()) -> str:
     """The memory for the next proposal, at most `budget` characters."""
-    book = _Book(history, minimize)
+    book = _Book(history, minimize, metric)
     sections = [
         _standing(book, metric, minimize, min_effect),
+        _runs(book),
         _kept_chain(book),
         _recent(book, recent),
+        _notes(notes),
         _notable(book, recent),
         _diffs(book),
         _failures(book),
@@ -79,23 +96,38 @@ def build(history: Sequence[Experiment], *, metric: str, minimize: bool, min_eff
     return "\n".join(out).rstrip() + "\n"
 
 
-def experiment_detail(history: Sequence[Experiment], index: int, *, minimize: bool, diff_chars: int = 6000,
-                      log_chars: int = 2000) -> str:
+def experiment_detail(history: Sequence[Experiment], index: int, *, minimize: bool, metric: str = "",
+                      diff_chars: int = 6000, log_chars: int = 2000) -> str:
     """Everything about one experiment that an agent may want: for `view_memory(experiment=N)`."""
-    book = _Book(history, minimize)
+    return _detail(_Book(history, minimize, metric), index, diff_chars, log_chars)
+
+
+def experiment_details(history: Sequence[Experiment], *, minimize: bool, metric: str = "") -> dict[int, str]:
+    """`experiment_detail` of every experiment, by index (the claude-code agent's files)."""
+    book = _Book(history, minimize, metric)
+    return {e.index: _detail(book, e.index, 6000, 2000) for e in book.history}
+
+
+def _detail(book: "_Book", index: int, diff_chars: int, log_chars: int) -> str:
     experiment = book.by_index.get(index)
     if experiment is None:
-        return f"no experiment #{index}; the experiments are #0 to #{len(history) - 1}"
-    lines = [f"experiment #{index}: {experiment.state.value}, proposed by {experiment.agent}",
+        return f"no experiment #{index}; the experiments are #0 to #{len(book.history) - 1}"
+    verdict = book.verdict(experiment)
+    state = experiment.state.value + (f" ({verdict})" if verdict != experiment.state.value else "")
+    lines = [f"experiment #{index}: {state}, proposed by {experiment.agent}",
              f"hypothesis: {experiment.description}",
-             f"metric: {_num(experiment.metric)}  effect: {book.effect_text(experiment)}",
+             f"metric: {_num(experiment.metric)}  gain over its parent: {book.gain_text(experiment)}",
              f"change: +{experiment.lines_added}/-{experiment.lines_removed} lines"]
     if experiment.knobs:
         lines.append("knobs: " + ", ".join(f"{k}={v}" for k, v in experiment.knobs.items()))
     if experiment.reason:
         lines.append(fence(experiment.reason, f"reason #{index}", 600))
     for run in experiment.runs:
-        lines.append(f"seed {run.seed}: {run.state.value}, metric {_num(run.metric)}, {run.seconds:.1f}s")
+        lines.append(f"seed {run.seed}: {run.state.value}, metric {_num(run.metric)}, {run.seconds:.1f}s"
+                     + (f"; {book.figures([run])}" if run.state is RunState.OK and run.metrics else ""))
+        curve = loss_curve(run.log_tail)
+        if curve:
+            lines.append(f"  {curve}")
     if experiment.diff:
         lines += ["diff:", "```diff", clip(experiment.diff, diff_chars), "```"]
     failed = [run for run in experiment.runs if run.log_tail and run.state.value != "ok"]
@@ -183,12 +215,32 @@ def similar_hypothesis(description: str, history: Iterable[Experiment], threshol
 # ---------------------------------------------------------------------------- sections
 
 
+def reported_device(text: str) -> Optional[str]:
+    """The device a run says it used (a `device: NAME` line, the last one), or None."""
+    found = _DEVICE.findall(text or "")
+    return found[-1] if found else None
+
+
+def loss_curve(text: str, points: int = CURVE_POINTS) -> str:
+    """A log's `step N ... loss X` lines as a short curve, `loss by step: 1:5.55 88:2.91 ...`, or ""."""
+    found = []
+    for line in (text or "").splitlines():
+        step, loss = _STEP.search(line), _LOSS.search(line)
+        if step and loss:
+            found.append((int(step.group(1)), float(loss.group(1))))
+    if not found:
+        return ""
+    picked = sorted({round(i * (len(found) - 1) / max(1, points - 1)) for i in range(points)})
+    return "loss by step: " + " ".join(f"{found[i][0]}:{found[i][1]:.4g}" for i in picked)
+
+
 class _Book:
     """The history, indexed: who each experiment was compared with, and what each effect was."""
 
-    def __init__(self, history: Sequence[Experiment], minimize: bool):
+    def __init__(self, history: Sequence[Experiment], minimize: bool, metric: str = ""):
         self.history = list(history)
         self.minimize = minimize
+        self.metric = metric
         self.by_index = {e.index: e for e in self.history}
         self.by_commit = {e.commit: e for e in self.history if e.commit and e.state in (State.BASELINE, State.KEPT)}
         self.baseline = next((e for e in self.history if e.state is State.BASELINE), None)
@@ -204,18 +256,53 @@ class _Book:
         delta = experiment.metric - parent.metric
         return -delta if self.minimize else delta
 
-    def effect_text(self, experiment: Experiment) -> str:
-        effect = self.effect(experiment)
-        if effect is None:
+    def gain(self, experiment: Experiment) -> tuple[Optional[float], Optional[float], Optional[float]]:
+        """(gain, its standard error, the margin it had to clear): the judge's, where it recorded them; else the
+        gain over the parent's metric. Positive is better, whatever the goal."""
+        if experiment.effect is not None and math.isfinite(experiment.effect):
+            return experiment.effect, experiment.effect_se, experiment.margin
+        return self.effect(experiment), None, None
+
+    def gain_text(self, experiment: Experiment) -> str:
+        gain, se, margin = self.gain(experiment)
+        if gain is None:
             return "-"
-        raw = experiment.metric - self.by_commit[experiment.parent].metric
-        spread = _spread(experiment)
-        return f"{raw:+.4g}" + (f" ±{spread:.2g}" if spread else "") + (" (better)" if effect > 0 else " (worse)")
+        return (f"{gain:+.3g}" + (f" ± {se:.2g}" if se else "")
+                + (f" / {margin:.2g}" if margin is not None and experiment.state is not State.BASELINE else ""))
+
+    def verdict(self, experiment: Experiment) -> str:
+        """The decision in plain words: kept, clear loser (worse beyond the noise), near miss (better beyond the
+        noise, not by the margin), inconclusive, discarded by a rule (a constraint), or the failure."""
+        state = experiment.state
+        if state is State.SUPERSEDED:
+            return "won, superseded"
+        if state is not State.DISCARDED:
+            return state.value
+        gain, se, margin = self.gain(experiment)
+        if gain is None:
+            return "discarded"
+        if margin is not None and gain - 2 * (se or 0) > margin:  # the metric passed: another rule said no
+            return "discarded by a rule"
+        if se:
+            return "clear loser" if gain + 2 * se < 0 else "near miss" if gain - 2 * se > 0 else "inconclusive"
+        return "clear loser" if gain < 0 else "near miss"
+
+    def figures(self, runs: Sequence) -> str:
+        """The run summary: the means of the numbers the runs printed (the preferred ones first), and the device."""
+        ok = [run for run in runs if run.state is RunState.OK]
+        keys = [k for k in PREFERRED_FIGURES if any(k in run.metrics for run in ok)]
+        others = sorted({k for run in ok for k in run.metrics} - set(keys) - {self.metric})
+        shown = []
+        for key in [*keys, *others][:FIGURES]:
+            values = [run.metrics[key] for run in ok if key in run.metrics and math.isfinite(run.metrics[key])]
+            if values:
+                shown.append(f"{key} {_figure(statistics.fmean(values))}")
+        device = next((d for d in (reported_device(run.log_tail) for run in ok) if d), None)
+        return " | ".join(shown + ([f"device {device}"] if device else []))
 
 
-def _spread(experiment: Experiment) -> Optional[float]:
-    values = [r.metric for r in experiment.runs if r.metric is not None and math.isfinite(r.metric)]
-    return statistics.stdev(values) if len(values) >= 2 else None
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _num(value: Optional[float]) -> str:
@@ -248,6 +335,29 @@ def _standing(book: _Book, metric: str, minimize: bool, min_effect: float) -> li
     counts = Counter(e.state.value for e in book.history if e.state is not State.BASELINE)
     if counts:
         lines.append("experiments so far: " + ", ".join(f"{n} {state}" for state, n in counts.most_common()))
+    device = next((d for d in (reported_device(r.log_tail) for r in reversed(book.best.runs)) if d), None)
+    if device:
+        lines.append(f"device: {device}, as the best's runs report it (where a setting has a value per device, the "
+                     f"{device.split(':')[0]} one applies)")
+    return lines
+
+
+def _runs(book: _Book) -> list[str]:
+    """What the runs did: the baseline's, the best's and the latest experiments' run summaries and loss curves."""
+    ran = [e for e in book.history if any(r.state is RunState.OK for r in e.runs)]
+    ran_ids = {e.index for e in ran}
+    shown = {e.index: e for e in (book.baseline, book.best) if e is not None and e.index in ran_ids}
+    latest = [e for e in reversed(ran) if e.index not in shown][:RUNS_SHOWN]
+    if not shown and not latest:
+        return []
+    lines = ["## What the runs did (means over each experiment's successful runs)"]
+    for position, e in enumerate([*shown.values(), *latest]):
+        role = "baseline" if e is book.baseline else f"best, {e.state.value}" if e is book.best else book.verdict(e)
+        ok = [r for r in e.runs if r.state is RunState.OK]
+        lines.append(f"#{e.index} {role} ({len(ok)} run{'s' * (len(ok) != 1)}): {book.figures(ok) or 'no figures'}")
+        curve = loss_curve(ok[0].log_tail) if position <= len(shown) else ""  # the curves of those and the latest
+        if curve:
+            lines.append(f"  {curve} (seed {ok[0].seed})")
     return lines
 
 
@@ -259,13 +369,18 @@ def _kept_chain(book: _Book) -> list[str]:
     if len(kept) > KEPT_SHOWN:
         lines.append(f"(#{kept[0].index} to #{kept[-KEPT_SHOWN - 1].index}: {len(kept) - KEPT_SHOWN} earlier kept changes)")
     for e in kept[-KEPT_SHOWN:]:
-        lines.append(f"#{e.index} {_num(e.metric)} ({book.effect_text(e)}) {_one_line(e.description)}")
+        lines.append(f"#{e.index} {_num(e.metric)} ({book.gain_text(e)}) {_one_line(e.description)}")
     return lines
 
 
+_TABLE = ["| # | verdict | gain ± se / margin | runs | lines | hypothesis |", "|---|---|---|---|---|---|"]
+
+
 def _row(book: _Book, e: Experiment) -> str:
-    why = "" if e.state in (State.KEPT, State.DISCARDED) or not e.reason else f" [{_one_line(e.reason, 70)}]"
-    return (f"| #{e.index} | {e.state.value} | {book.effect_text(e)} | +{e.lines_added}/-{e.lines_removed} | "
+    verdict = book.verdict(e)
+    why = "" if e.state is State.KEPT or (e.state is State.DISCARDED and verdict != "discarded by a rule") \
+        or not e.reason else f" [{_one_line(e.reason, 70)}]"
+    return (f"| #{e.index} | {verdict} | {book.gain_text(e)} | {len(e.runs)} | +{e.lines_added}/-{e.lines_removed} | "
             f"{_one_line(e.description)}{why} |")
 
 
@@ -274,8 +389,9 @@ def _recent(book: _Book, recent: int) -> list[str]:
     if not rows:
         return []
     older = len([e for e in book.history if e.state is not State.BASELINE]) - len(rows)
-    lines = [f"## Recent experiments (the last {len(rows)}" + (f"; {older} older ones not listed" if older else "") + ")",
-             "| # | state | effect vs. best of its time | lines | hypothesis |", "|---|---|---|---|---|"]
+    lines = [f"## Recent experiments (the last {len(rows)}" + (f"; {older} older ones not listed" if older else "")
+             + "; gain over the best of its time, positive is better; a margin grows with the lines a change adds)",
+             *_TABLE]
     # newest first, so that a cut to fit the budget drops the oldest rows
     return lines + [_row(book, e) for e in reversed(rows)]
 
@@ -288,8 +404,7 @@ def _notable(book: _Book, recent: int) -> list[str]:
         return []
     gains = sorted((x for x in scored if x[1].state is State.KEPT), key=lambda x: -x[0])[:NOTABLE]
     misses = sorted((x for x in scored if x[1].state is State.DISCARDED), key=lambda x: -x[0])[:NOTABLE]
-    lines = ["## Notable earlier experiments", "| # | state | effect vs. best of its time | lines | hypothesis |",
-             "|---|---|---|---|---|"]
+    lines = ["## Notable earlier experiments", *_TABLE]
     return lines + [_row(book, e) for _, e in gains + misses]
 
 
@@ -302,9 +417,25 @@ def _diffs(book: _Book) -> list[str]:
         return []
     lines = ["## Diffs of discarded experiments (recent ones, then the nearest misses): do not repeat them"]
     for e in chosen:
-        lines += [f"#{e.index} ({book.effect_text(e)}) {_one_line(e.description)}", "```diff",
+        lines += [f"#{e.index} ({book.verdict(e)}, {book.gain_text(e)}) {_one_line(e.description)}", "```diff",
                   *clip(e.diff, DIFF_CHARS).splitlines(), "```"]
     return lines
+
+
+def _notes(notes: Sequence[Note]) -> list[str]:
+    """The agent's own notes, the latest that fit NOTES_CHARS, oldest first, fenced (they outlive a proposal)."""
+    kept, size = [], 0
+    for note in reversed(notes):
+        line = f"after #{note.after}: {' '.join(note.text.split())}"
+        if size + len(line) + 1 > NOTES_CHARS:
+            break
+        kept.append(line)
+        size += len(line) + 1
+    if not kept:
+        return []
+    more = len(notes) - len(kept)
+    return [f"## Your notes (written with the note tool in earlier proposals{f'; {more} older ones not shown' if more else ''})",
+            *fence("\n".join(reversed(kept)), "the agent's notes", NOTES_CHARS + 100).splitlines()]
 
 
 def _failures(book: _Book) -> list[str]:

@@ -133,3 +133,15 @@ class Suggestion:
     tag: Optional[str] = None  # the tag it is for; None: whichever tag runs next
     created_at: float = 0.0
     experiment_id: Optional[int] = None  # the experiment whose proposal took it up; None while it waits
+
+
+@dataclass(frozen=True)
+class Note:
+    """What an LLM agent wrote down for its later proposals (its `note` tool): shown in their research memory."""
+
+    id: int
+    tag: str
+    text: str
+    after: int  # the index of the latest experiment of the research line when it was written
+    agent: str = ""
+    created_at: float = 0.0

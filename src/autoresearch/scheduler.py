@@ -41,8 +41,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import control, knobs, scope, transfer
-from .agents import AgentError, AgentExhausted, Context, Proposal, ProposalError
+from . import briefing, control, knobs, scope, transfer
+from .agents import AgentError, AgentExhausted, AgentSetupError, Context, Proposal, ProposalError
 from .errors import SessionError
 from .executor import Slot
 from .gitrepo import Git
@@ -233,6 +233,14 @@ class Scheduler:
                 except AgentExhausted as exc:
                     self._end(f"the agent has no more proposals: {exc}")
                     return
+                except AgentSetupError as exc:  # recorded, then no more proposals: the next would fail the same way
+                    item = Pending(context.parent, failure=("(no proposal)", f"agent error: {exc}", exc.usage))
+                    with self.cond:
+                        self.queue.append(item)
+                        self.made += 1
+                        self.cond.notify_all()
+                    self._end(f"paused: {exc}")
+                    return
                 except ProposalError as exc:
                     item = Pending(context.parent, failure=("(malformed proposal)", f"malformed proposal: {exc}",
                                                             getattr(exc, "usage", None)))
@@ -273,8 +281,8 @@ class Scheduler:
         considered = {id_ for proposal in pending for id_ in proposal.meta.get("suggestions") or ()}
         files = session.target.git.files_at(
             best.commit, lambda path: scope.matches(path, config.files.editable) and not scope.is_protected(path, config))
-        return Context(config, session.target.program(), files, best, ledger.baseline(session.tag), history,
-                       suggestions=tuple(s for s in waiting if s.id not in considered)[:1], pending=pending)
+        return briefing.context(session, best, files, pending, history=history,
+                                suggestions=tuple(s for s in waiting if s.id not in considered)[:1])
 
     # ---------------------------------------------------------------- the slots
 

@@ -175,7 +175,7 @@ class Session:
         experiment = self.ledger.add_experiment(
             tag=self.tag, session_id=self.session_id, state=state, parent=parent.commit, commit=commit,
             description=proposal.description, agent=agent or self.agent_name, **fields)
-        if usage is not None and (usage.tokens or usage.requests):
+        if usage is not None and (usage.tokens or usage.requests or usage.checks):
             self.ledger.add_agent_cost(experiment.id, self.session_id, experiment.agent, usage)
         taken = proposal.meta.get("suggestions") or ()
         if taken:

@@ -34,7 +34,9 @@ def render(status: dict) -> str:
         per = f", {dollars(spend['cost_per_proposal_usd'])} per proposal" if spend["cost_per_proposal_usd"] else ""
         lines.append(f"agent cost: {cost}{per} over {spend['proposals']} proposals ({spend['model']}); tokens: "
                      f"{spend['input_tokens']:,} in, {spend['cache_read_tokens']:,} cache read, "
-                     f"{spend['cache_write_tokens']:,} cache write, {spend['output_tokens']:,} out")
+                     f"{spend['cache_write_tokens']:,} cache write, {spend['output_tokens']:,} out"
+                     + (f"; {spend['checks']} checks of its code ({spend['check_seconds']:.0f}s)" if spend.get("checks")
+                        else ""))
     if status.get("constraints"):
         lines.append("constraints: " + "; ".join(c["text"] for c in status["constraints"]))
     slots = status.get("slots") or []

@@ -11,7 +11,11 @@ the same registry, so the loop never imports a concrete agent:
 that pays for its proposals puts a `costs.Usage` in `Proposal.meta["usage"]` (or on the error it
 raises), and the session records it in the ledger. An agent that read the human's suggestions
 (`Context.suggestions`) lists their ids in `Proposal.meta["suggestions"]`: the ledger then records
-them as taken up by this proposal's experiment; the others wait for the next proposal.
+them as taken up by this proposal's experiment; the others wait for the next proposal. A session's
+Context also carries the harness's services (briefing.py): `check(writes, device)` runs the edited
+files for a few training steps and returns a `trial.Trial`; `note(text)` keeps a line for later
+proposals (`Context.notes`). An agent raises `AgentSetupError` when its server cannot serve it as
+set up: the session then pauses with that message.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from ..config import Config
-from ..records import Experiment, Suggestion
+from ..records import Experiment, Note, Suggestion
+
+if TYPE_CHECKING:
+    from ..trial import Trial
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,12 @@ class Context:
     history: tuple[Experiment, ...]  # every experiment of this tag, oldest first
     suggestions: tuple[Suggestion, ...] = ()  # what the human asked this proposal to consider (`autoresearch suggest`)
     pending: tuple["Proposal", ...] = ()  # proposals made but not yet recorded (several slots): propose others
+    notes: tuple[Note, ...] = ()  # what the agent wrote down in earlier proposals (its note tool), oldest first
+    read_only: Mapping[str, str] = field(default_factory=dict)  # protected text files at the parent: read, never edit
+    # Harness services, None where there are none (a test's context): `check(writes, device)` runs the train command
+    # on the parent's files with `writes` over them at a tiny budget (trial.py); `note(text)` records a note.
+    check: Optional[Callable[[Mapping[str, Optional[str]], str], "Trial"]] = None
+    note: Optional[Callable[[str], object]] = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,12 @@ class AgentError(Exception):
     def __init__(self, message: str, usage=None):
         super().__init__(message)
         self.usage = usage
+
+
+class AgentSetupError(AgentError):
+    """The agent cannot work as set up: its server refuses every request as sent (tool calling switched off,
+    a context window too small). The proposal is recorded as an agent error and the session ends, with a
+    message that says what to change."""
 
 
 class AgentExhausted(Exception):

@@ -11,13 +11,16 @@ SDK with exponential backoff and jitter (`[agent] max_retries`), honouring `retr
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
 from ..costs import priced
 from . import AgentError
-from .llm import SYSTEM_PROMPT, TASK, TOOLS, LLMAgent, Workbench, files_text, memory_text, one_line, program_text, \
-    status_account
+from .llm import LLMAgent, status_account
+from .prompt import MIN_OUTPUT_TOKENS, TASK, first_message, max_output, one_line, output_chars, program_text, \
+    system_prompt, tools_sentence
+from .workbench import Workbench
 
 # The strongest Claude model for code that the models overview recommended when this was written
 # (2026-11): "Claude Opus 5.5, for long-running agentic coding". claude-fable-5-2 is the tier above,
@@ -54,12 +57,18 @@ class ClaudeAgent(LLMAgent):
 
     def converse(self, bench: Workbench) -> None:
         context = bench.context
-        system = [{"type": "text", "text": SYSTEM_PROMPT},
+        tools = [{"name": t["name"], "description": t["description"], "input_schema": t["parameters"]}
+                 for t in bench.tools]
+        system_text = system_prompt(tools_sentence([t["name"] for t in tools]))
+        fixed = len(system_text) + len(json.dumps(tools)) + len(program_text(context)) + len(TASK)
+        first = first_message(context, self.settings, fixed, self.chars_per_token)
+        bench.shown, bench.memory_chars = first.shown, first.memory_chars
+        bench.output_chars = output_chars(self.settings, self.chars_per_token)
+        system = [{"type": "text", "text": system_text},
                   {"type": "text", "text": program_text(context), "cache_control": CACHE}]
         messages: list[dict] = [{"role": "user", "content": [
-            {"type": "text", "text": files_text(context), "cache_control": CACHE},
-            {"type": "text", "text": memory_text(context, self.settings) + "\n" + TASK}]}]
-        tools = [{"name": t["name"], "description": t["description"], "input_schema": t["parameters"]} for t in TOOLS]
+            {"type": "text", "text": first.files, "cache_control": CACHE},
+            {"type": "text", "text": first.memory + "\n" + TASK}]}]
         extra = {}
         if self.settings.effort:
             extra["output_config"] = {"effort": self.settings.effort}
@@ -67,9 +76,14 @@ class ClaudeAgent(LLMAgent):
             extra["extra_body"] = {"temperature": self.settings.temperature}
         for _ in range(self.settings.max_turns):
             bench.turns += 1
+            size = len(json.dumps(system)) + len(json.dumps(tools)) + len(json.dumps(messages))
+            answer = max_output(self.settings, size, self.chars_per_token)
+            if answer < MIN_OUTPUT_TOKENS:
+                raise AgentError(f"the conversation outgrew context_tokens {self.settings.context_tokens} after "
+                                 f"{bench.turns - 1} turns")
             response = self.client.messages.create(
-                model=self.model, max_tokens=self.settings.max_tokens, system=system, messages=messages,
-                tools=tools, cache_control=CACHE, **extra)
+                model=self.model, max_tokens=answer, system=system, messages=messages, tools=tools,
+                cache_control=CACHE, **extra)
             bench.spend(self._usage(response))
             if response.stop_reason == "refusal":
                 raise AgentError(f"the model refused: {one_line(self._text(response), 300) or 'no reason given'}")
