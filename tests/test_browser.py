@@ -22,6 +22,7 @@ from autoresearch.serve import create_app
 from autoresearch.target import Target
 from researched import build_researched
 from toy import TAG, run_cli
+from transfer_toy import build_transferred
 from webserver import Server
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -198,6 +199,26 @@ def test_token_in_the_page_address_is_passed_on(page, researched):
         assert page.request.get(f"{server.url}/api/summary").status == 401
         page.goto(f"{server.url}/?token=tok&interval={POLL_MS}")
         wait_rows(page, list(range(8, -1, -1)))
+    assert page.errors == []
+
+
+def test_dashboard_shows_the_latest_transfer_table(page, tmp_path_factory, tmp_path):
+    """The transfer toy (transfer_toy.py): LR 1 -> 3 helps at both scales, WIDTH 4 -> 8 only at the small one."""
+    toy, _ = build_transferred(tmp_path_factory.mktemp("transferred"))
+    with Server(create_app(Target.open(toy.root))) as server:
+        page.goto(f"{server.url}/?interval={POLL_MS}")
+        page.wait_for_selector("#transfer-table tbody tr")
+        assert page.locator("#transfer").is_visible()
+        cells = page.eval_on_selector_all("#transfer-table tbody tr", "rs => rs.map(r => Array.from(r.cells, "
+                                          "c => c.textContent))")
+        assert [(row[0], row[4]) for row in cells] == [("whole chain (#0 -> #2)", "transfers"), ("#1", "transfers"),
+                                                     ("#2", "does not")]
+        assert cells[2][2].startswith("+0.4") and cells[2][3].startswith("-0.4") and "(3 pairs)" in cells[2][3]
+        assert page.locator("#transfer-large").inner_text() == "large: size=+1 3s"
+        assert page.locator("#transfer-table .v-does-not").count() == 1
+        page.click("#transfer-table tbody tr[data-id='2']")  # a change's row opens its experiment
+        page.wait_for_function("document.querySelector('#detail-title').textContent === '#2 kept: WIDTH to 8'")
+        screenshot(page, tmp_path, "dashboard-transfer.png")
     assert page.errors == []
 
 

@@ -1,117 +1,23 @@
-"""Transfer: the kept changes at a larger scale, end to end on a toy whose optimum moves with its scale.
-
-The toy's evaluator scores (LR - 3)² + |WIDTH - w| / 10 on a data split, plus seeded noise (sd 0.01), where the
-best WIDTH w is 8 at SIZE 1 (the session's scale) and 2 at any larger SIZE. So the change LR 1 -> 3 helps by 4 at
-every scale, and the change WIDTH 4 -> 8 helps by 0.4 at SIZE 1 and hurts by 0.4 at SIZE 2: the planted change
-that helps only at small scale. Each test asserts what the ledger and git record.
+"""Transfer: the kept changes at a larger scale, end to end on a toy whose optimum moves with its scale
+(transfer_toy.py: the change LR 1 -> 3 helps at every scale, WIDTH 4 -> 8 only at the session's). Each test asserts
+what the ledger and git record, and the views (status, the report, the dashboard's JSON) what they show of it.
 """
 
+import json
+import re
+import shutil
+
 import pytest
+from fastapi.testclient import TestClient
 
 from autoresearch.config import ConfigError, TransferSection, load
+from autoresearch.ledger import Ledger
+from autoresearch.records import RunRecord, RunState
+from autoresearch.serve import create_app
+from autoresearch.target import Target
 from autoresearch.transfer import fit
-from toy import build_toy, run_cli
-
-TRAIN = '''\
-"""Transfer toy: writes its constants for the trusted evaluator."""
-import json
-import os
-
-LR = 1.0     # best at 3, at any size
-WIDTH = 4    # best at 8 at size 1, at 2 when larger
-SIZE = 1     # the scale
-if SIZE > 5:
-    raise SystemExit("out of memory")  # a scale this toy cannot train at
-
-with open(os.path.join(os.environ["AUTORESEARCH_OUT"], "model.json"), "w") as f:
-    json.dump({"LR": LR, "WIDTH": WIDTH, "SIZE": SIZE}, f)
-print("loss: 1.0")
-'''
-
-EVALUATE = '''\
-"""Trusted evaluator of the transfer toy."""
-import json
-import os
-import random
-
-out, data = os.environ["AUTORESEARCH_OUT"], os.environ["AUTORESEARCH_DATA"]
-split = os.environ.get("AUTORESEARCH_SPLIT") or "val"
-with open(os.path.join(out, "model.json")) as f:
-    model = json.load(f)
-with open(os.path.join(data, split, "offset.txt")) as f:
-    offset = float(f.read())
-width = 8 if model["SIZE"] == 1 else 2
-score = (model["LR"] - 3.0) ** 2 + abs(model["WIDTH"] - width) / 10 + offset
-score += random.Random(f"{os.environ['AUTORESEARCH_SEED']} {split} {model}").gauss(0, 0.01)
-with open(os.path.join(out, "metrics.json"), "w") as f:
-    json.dump({"score": score}, f)
-print(f"score: {score}")
-'''
-
-CONFIG = '''\
-[target]
-name = "transfer-toy"
-
-[commands]
-train = "python train.py"
-evaluate = "python evaluate.py"
-
-[files]
-editable = ["train.py"]
-protected = ["evaluate.py", "program.md"]
-
-[metric]
-name = "score"
-goal = "minimize"
-source = "json"
-
-[budget]
-default = "1s"
-timeout = 10
-
-[judge]
-rule = "plain"
-final_test_seeds = 0
-'''
-
-TRANSFER = '''
-[transfer]
-scale = ["size=+1"]
-budget = "3s"
-runs = {runs}
-at_end = {at_end}
-'''
-
-LR = {"description": "LR to 3", "knobs": {"LR": 3.0}}
-WIDTH = {"description": "WIDTH to 8", "replace": [{"file": "train.py", "old": "WIDTH = 4", "new": "WIDTH = 8"}]}
-LR_AGAIN = {"description": "LR to 2", "knobs": {"LR": 2.0}}
-
-KNOB = '''
-[[knobs]]
-name = "LR"
-file = "train.py"
-low = 0.1
-high = 10.0
-log = true
-'''
-
-
-def build(tmp_path, runs=24, at_end="true", transfer=True):
-    config = CONFIG + KNOB + (TRANSFER.format(runs=runs, at_end=at_end) if transfer else "")
-    toy = build_toy(tmp_path, train=TRAIN.replace("{", "{{").replace("}", "}}"), config=config,
-                    files={"evaluate.py": EVALUATE})
-    for split in ("train", "val", "test"):
-        folder = toy.root / ".autoresearch" / "data" / split
-        folder.mkdir(parents=True)
-        if split != "train":
-            (folder / "offset.txt").write_text("1.5")
-    return toy
-
-
-def research(toy, steps):
-    result = run_cli("run", "-C", toy.root, "--tag", "t", "--experiments", len(steps), *toy.scripted(steps))
-    assert result.code == 0, result.text
-    return result
+from toy import run_cli
+from transfer_toy import CONFIG, KNOB, LR, LR_AGAIN, WIDTH, build, build_transferred, research
 
 
 def transfers(toy):
@@ -122,9 +28,13 @@ def rows(record):
     return {row["label"]: row for row in record["summary"]["rows"]}
 
 
-def test_a_change_that_helps_only_at_small_scale_is_shown_as_not_transferring(tmp_path):
-    toy = build(tmp_path)
-    result = research(toy, [LR, WIDTH])
+@pytest.fixture(scope="module")
+def transferred(tmp_path_factory):
+    return build_transferred(tmp_path_factory.mktemp("transferred"))
+
+
+def test_a_change_that_helps_only_at_small_scale_is_shown_as_not_transferring(transferred):
+    toy, result = transferred
     kept = [e for e in toy.experiments() if e.state.value == "kept"]
     assert [e.description for e in kept] == ["LR to 3", "WIDTH to 8"]
     (record,) = transfers(toy)
@@ -156,6 +66,78 @@ def test_a_change_that_helps_only_at_small_scale_is_shown_as_not_transferring(tm
     assert "SIZE = 2" in toy.git("show", f"{large_best}:train.py")
     assert toy.branch() == toy.best().commit == kept[-1].commit  # the research line is untouched
     assert "does not" in result.out and "transfer #1" in result.out
+
+
+VERDICTS = {"whole chain (#0 -> #2)": "transfers", "#1": "transfers", "#2": "does not"}
+
+
+def shown_verdicts(table):
+    return {row["label"]: row["verdict"] for row in table["rows"]}
+
+
+def test_status_the_report_and_the_dashboard_show_the_transfer_table(transferred, tmp_path):
+    toy, _ = transferred
+    result = run_cli("status", "-C", toy.root, "--json")
+    assert result.code == 0, result.text
+    (table,) = json.loads(result.out)["transfers"]
+    assert shown_verdicts(table) == VERDICTS and table["finished"] and table["runs"] == table["planned"] == 24
+    width = next(row for row in table["rows"] if row["label"] == "#2")
+    assert width["small"]["effect"] == pytest.approx(0.4, abs=0.05)
+    assert width["large"]["effect"] == pytest.approx(-0.4, abs=0.05) and width["large"]["ci"][1] < 0
+
+    text = run_cli("status", "-C", toy.root).out
+    assert "transfer #1 (score gain of the best, test split, paired seeds [0, 1, 2]" in text
+    lines = {line.split()[0]: line for line in text.split("transfer #1", 1)[1].splitlines()[2:5]}
+    assert lines["#1"].startswith("  #1 LR to 3") and lines["#1"].endswith(" transfers")
+    assert lines["#2"].startswith("  #2 WIDTH to 8") and lines["#2"].endswith(" does not")
+    assert "+0.4" in lines["#2"] and "-0.4" in lines["#2"]  # helps small, hurts large
+    assert lines["whole"].endswith(" transfers")
+
+    assert run_cli("report", "-C", toy.root, "--out", tmp_path / "report").code == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    section = page.split('<section id="transfer">', 1)[1].split("</section>", 1)[0]
+    body = section.split('<table class="sortable transfer">', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+    assert [(row[0], re.sub("<[^>]+>", "", row[4])) for row in cells] == [
+        ("whole chain (#0 -&gt; #2)", "transfers"), ("#1", "transfers"), ("#2", "does not")]
+    assert cells[2][2].startswith("+0.4") and cells[2][3].startswith("-0.4")
+    assert "Transfer #1</h3>" in section and "size=+1 (3s)" in section
+
+    client = TestClient(create_app(Target.open(toy.root)), base_url="http://127.0.0.1")
+    summary = client.get("/api/summary").json()
+    assert shown_verdicts(summary["transfer"]) == VERDICTS and summary["transfer"]["id"] == 1
+    assert transfers(toy)[0]["summary"]["rows"] == table["rows"]  # the views only read it
+
+
+def test_an_unfinished_transfer_shows_the_table_of_its_runs_so_far(transferred, tmp_path):
+    """A transfer stopped after its first seed (written through the ledger's API, as the loop writes it): the views
+    show what its runs say, marked unfinished, and the latest transfer is the one shown."""
+    toy, _ = transferred
+    root = tmp_path / "copy"
+    shutil.copytree(toy.root, root)
+    ledger = Ledger(Target.open(root).ledger_path)
+    try:
+        (finished,) = ledger.transfers("t")
+        second = ledger.start_transfer("t", None, finished["settings"])
+        for run in finished["runs"][:8]:  # seed 0, every variant at both scales
+            record = RunRecord(experiment_id=0, seed=run["seed"], state=RunState(run["state"]), metric=run["metric"],
+                               seconds=run["seconds"])
+            ledger.add_transfer_run(second, run["scale"], run["variant"], run["commit"], run["split"], run["budget"],
+                                    record)
+    finally:
+        ledger.close()
+    status = json.loads(run_cli("status", "-C", root, "--json").out)
+    assert [t["id"] for t in status["transfers"]] == [1, 2]
+    latest = status["transfers"][-1]
+    assert not latest["finished"] and latest["finished_at"] is None and latest["runs"] == 8
+    # one seed: effects without intervals, so no verdict can be drawn yet
+    assert shown_verdicts(latest) == {label: "unclear" for label in VERDICTS}
+    width = next(row for row in latest["rows"] if row["label"] == "#2")
+    assert width["large"]["effect"] == pytest.approx(-0.4, abs=0.05) and width["large"]["ci"] is None
+    text = run_cli("status", "-C", root).out
+    assert "transfer #2 (" in text and "8 of 24 runs, unfinished" in text and "1 earlier transfers" in text
+    summary = TestClient(create_app(Target.open(root)), base_url="http://127.0.0.1").get("/api/summary").json()
+    assert summary["transfer"]["id"] == 2 and not summary["transfer"]["finished"]
 
 
 def test_the_runs_it_may_spend_leave_out_the_changes_with_the_smallest_gains(tmp_path):

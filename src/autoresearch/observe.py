@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from . import constraints, control
+from . import constraints, control, transfer
 from .budget import Budget
 from .config import Config
 from .costs import Usage
@@ -60,8 +60,8 @@ def experiment_dict(e: Experiment) -> dict:
 
 def status(ledger: Ledger, tag: str, target: Target, experiments: Optional[list[Experiment]] = None) -> dict:
     """Everything known about `tag`: its experiments, the kept chain, counts, the improvement, agent
-    spend, flags, noise model, verifications (and the held-out figures they give), constraints, suggestions,
-    sessions, slots."""
+    spend, flags, noise model, verifications (and the held-out figures they give), transfers, constraints,
+    suggestions, sessions, slots."""
     config = target.config
     experiments = ledger.experiments(tag) if experiments is None else experiments
     chain = [e for e in experiments if e.state in (State.BASELINE, State.KEPT)]
@@ -99,6 +99,7 @@ def status(ledger: Ledger, tag: str, target: Target, experiments: Optional[list[
         "flags": ledger.flags(tag),
         "noise": ledger.noise_history(tag),
         "verifications": verifications,
+        "transfers": transfers(ledger, tag, config.minimize),
         "agent_cost": _spend(costs.values()),
         "constraints": [{**c.model_dump(), "baseline": _baseline_value(baseline, c.metric),
                          "text": constraints.describe(c, _baseline_value(baseline, c.metric))}
@@ -110,7 +111,7 @@ def status(ledger: Ledger, tag: str, target: Target, experiments: Optional[list[
 
 def summary(status: dict) -> dict:
     """The line at a glance (the dashboard's header, the live panel, the report's cards): `status` less the
-    experiments, with the latest noise model and the agent's total spend."""
+    experiments, with the latest noise model, the agent's total spend and the latest transfer table."""
     def brief(e: Optional[dict]) -> Optional[dict]:
         return {key: e[key] for key in ("id", "metric", "commit", "description")} if e else None
 
@@ -130,6 +131,7 @@ def summary(status: dict) -> dict:
         "noise": {key: value for key, value in noise.items() if key not in ("id", "created_at") and value is not None}
         if noise else None,
         "constraints": [c["text"] for c in status["constraints"]],
+        "transfer": status["transfers"][-1] if status["transfers"] else None,
     }
 
 
@@ -223,6 +225,15 @@ def _held_out(verifications: list[dict]) -> dict[int, dict]:
                 if side["id"] is not None and side["n"]:
                     found[side["id"]] = {key: side[key] for key in ("mean", "sd", "n")}
     return found
+
+
+def transfers(ledger: Ledger, tag: str, minimize: bool) -> list[dict]:
+    """Every transfer of the line, oldest first, as its table (transfer.table): the one recorded when it finished,
+    else the table of the runs so far (a transfer running now, or one that was stopped), which says "finished":
+    false."""
+    return [{**(record["summary"] or transfer.table(record, minimize)), "session_id": record["session_id"],
+             "created_at": record["created_at"], "finished_at": record["finished_at"]}
+            for record in ledger.transfers(tag)]
 
 
 # ---------------------------------------------------------------------------- sessions and slots

@@ -7,8 +7,8 @@ line, kept changes labelled with their descriptions, the baseline as a dashed li
 report.html opens offline: inline CSS and a few lines of inline JS (sortable tables), the PNG
 embedded as base64, no external scripts, fonts or images. It holds the summary, the kept chain
 with each change's effect (mean ± sd over seeds, and the effect's standard error where there are
-several seeds), test-split figures, cost, noise model and flags where the ledger has them, the
-full experiment table, and every diff (discarded ones too), collapsed.
+several seeds), test-split figures, verifications, transfer tables, cost, noise model and flags where the
+ledger has them, the full experiment table, and every diff (discarded ones too), collapsed.
 """
 
 from __future__ import annotations
@@ -177,6 +177,44 @@ def _table(headers: list[str], body: list[list[tuple[str, object]]], css: str = 
     return f'<table class="sortable {css}"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>'
 
 
+def _interval(effect: Optional[dict]) -> str:
+    if not effect or effect.get("effect") is None:
+        return "–"
+    ci = f" [{effect['ci'][0]:+.4g}, {effect['ci'][1]:+.4g}]" if effect.get("ci") else ""
+    return f"{effect['effect']:+.4g}{ci} <small>({effect['pairs']} pairs)</small>"
+
+
+def _transfer(t: dict, name: str) -> str:
+    """One transfer (observe.transfers): what ran, each change's effect at both scales and its verdict, and each
+    variant's mean."""
+    budgets, scale, seeds = t["budgets"], ", ".join(t["scale"]), ", ".join(map(str, t["seeds"]))
+    intro = (f"<h3>Transfer #{t['id']}{'' if t['finished'] else ' (unfinished)'}</h3><p>The baseline, the best and "
+             f"the best without each kept change, on the {_e(t['split'])} split with the same seeds {seeds}, "
+             f"at the research's scale ({_e(budgets['small'])}) and at {_e(scale)} ({_e(budgets['large'])}): "
+             f"{t['runs']} of {t['planned']} runs. An effect is the {_e(name)} gain of the best over the best without "
+             "that change (positive is better), with its 95% interval over the paired seeds. The verdict reads the "
+             "larger scale: <b>transfers</b> (its interval lies above zero), <b>does not</b> (at or below zero), "
+             "<b>unclear</b> (it straddles zero, or too few runs succeeded).</p>")
+    body = []
+    for r in t["rows"]:
+        verdict = f'<b class="v-{_e(r["verdict"].replace(" ", "-"))}">{_e(r["verdict"])}</b>'
+        if r["reason"]:
+            verdict += f" <small>{_e(r['reason'])}</small>"
+        body.append([(_e(r["label"]), r["index"]), (_e(r["description"]), r["description"]),
+                     (_interval(r["small"]), (r["small"] or {}).get("effect")),
+                     (_interval(r["large"]), (r["large"] or {}).get("effect")), (verdict, r["verdict"])])
+    table = _table(["change", "description", f"small: {budgets['small']}", f"large: {scale} {budgets['large']}",
+                    "verdict"], body, "transfer")
+    means = t.get("means") or {}
+    names = sorted({variant for by_name in means.values() for variant in by_name},
+                   key=lambda v: (v != "baseline", v != "best", v))
+    mean_rows = [[(_e(v), v)] + [(_pm(m["mean"], m["sd"], m["n"]) if (m := means.get(s, {}).get(v)) else "–", None)
+                                 for s in ("small", "large")] for v in names]
+    details = ("<details><summary>each variant's mean</summary>"
+               + _table(["variant", f"{name} small", f"{name} large"], mean_rows) + "</details>") if names else ""
+    return intro + table + details
+
+
 def report_html(rows: list[dict], summary: dict, status: dict, png: bytes) -> str:
     """The page: `rows` and `summary` of the tag's `status` (observe.py), the plot as PNG bytes."""
     name = summary["metric"]["name"]
@@ -270,6 +308,9 @@ def report_html(rows: list[dict], summary: dict, status: dict, png: bytes) -> st
               (side(v, "baseline"), None), (side(v, "candidate"), None),
               (effect(v), ((v["summary"] or {}).get("effect") or {}).get("effect"))]
              for v in status["verifications"]]) + "</section>")
+    if status["transfers"]:
+        sections.append('<section id="transfer"><h2>Transfer: do the kept changes hold at a larger scale?</h2>'
+                        + "".join(_transfer(t, name) for t in reversed(status["transfers"])) + "</section>")
     if summary["noise"]:
         sections.append("<section><h2>Noise model</h2>" + _table(
             ["key", "value"], [[(_e(k), k), (_e(_num(v) if isinstance(v, float) else v), None)]
@@ -333,6 +374,7 @@ tr.s-discarded td{color:#888}tr.s-kept td{background:#f1faf1}tr.s-baseline td{ba
 summary{cursor:pointer}pre.diff{overflow-x:auto;background:#fafafa;padding:8px;margin:6px 0}
 .add{color:#1a7f37;background:#e6ffec;display:inline-block;width:100%}.del{color:#b42318;background:#ffebe9;display:inline-block;width:100%}
 .hunk{color:#6639ba}.meta{color:#777}
+.v-transfers{color:#2a7d2a}.v-does-not{color:#c0392b}.v-unclear,.v-not-measured{color:#777}
 """
 
 _JS = """

@@ -4,7 +4,7 @@
 
 The page (dashboard.html, plain HTML and JS, no build step) polls the JSON endpoints:
 
-    GET  /api/summary                       metric, baseline, best, counts, cost, session state
+    GET  /api/summary                       metric, baseline, best, counts, cost, session state, latest transfer
     GET  /api/experiments?state=&agent=&q=  the table (no diffs); filters combine, q searches text and diffs
     GET  /api/experiments/{id}              one experiment with its diff and runs
     GET  /api/log/{id}?tail=N               the last N lines of its log (live while it runs)

@@ -3,6 +3,7 @@ the same dict as JSON."""
 
 from __future__ import annotations
 
+from . import transfer
 from .costs import dollars
 
 
@@ -95,4 +96,9 @@ def render(status: dict) -> str:
             interval = f" [{effect['ci'][0]:+.4f}, {effect['ci'][1]:+.4f}]" if effect.get("ci") else ""
             lines.append(f"  {v['kind']:<11} {settings['split']} split, {settings['budget']}{scale}: gain {figure}"
                          f"{interval}: {effect['verdict']}")
+    if status.get("transfers"):  # the latest: does each kept change still help at the larger scale?
+        lines.append("")
+        lines.append(transfer.render(status["transfers"][-1], name))
+        if len(status["transfers"]) > 1:
+            lines.append(f"  ({len(status['transfers']) - 1} earlier transfers: `autoresearch report` shows every one)")
     return "\n".join(lines)
