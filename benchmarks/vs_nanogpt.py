@@ -3,8 +3,8 @@
     python benchmarks/vs_nanogpt.py                              # 60s budget, 3 seeds, shakespeare
     python benchmarks/vs_nanogpt.py --budget 300steps --seeds 1 --data stdlib
     python benchmarks/vs_nanogpt.py --nanogpt-lr 1e-3 2e-3 3e-3 6e-3 --only-nanogpt --seeds 3   # the baseline's sweep
-    python benchmarks/vs_nanogpt.py --seeds 5 --impl today=git:2b0dfab \\
-        --impl compiled=ours --set 'compiled:COMPILE=True' --json closing.json   # today's file, ours compiled too
+    python benchmarks/vs_nanogpt.py --seeds 5 --impl old=git:ed30712^ --against old   # and the hand-written-autograd file
+    python benchmarks/vs_nanogpt.py --only ours --impl compiled=ours --set 'compiled:COMPILE=True' --against ours
 
 Makes a fresh target with `autoresearch.target.init`, prepares its data with its prepare command, and sets a
 tree beside it for every other implementation: its train.py (benchmarks/nanogpt_train.py for `nanogpt`, the
@@ -185,27 +185,36 @@ def report(results: dict[str, list[dict]], info: dict) -> dict:
 
     out = {"info": info, "runs": results, "ratios": {}}
     nanos = [name for name in results if info["impls"][name] == "nanogpt"]
-    if not nanos or len(nanos) == len(results):
-        return out
-    mean_of = lambda runs, key: statistics.mean(r[key] for r in runs)
-    nano = min(nanos, key=lambda name: mean_of(results[name], "val_bpb"))  # its best learning rate of the sweep
-    print(f"\nagainst {nano} (the nanoGPT-style run with the lowest mean val_bpb here):")
-    base = results[nano]
-    for name, runs in results.items():
-        if name in nanos:
-            continue
-        gaps = [n["val_bpb"] - o["val_bpb"] for o, n in zip(runs, base)]  # paired by seed
-        gap, gap_sd = mean_sd(gaps)
-        ratios = {"val_bpb_by_mean": mean_of(base, "val_bpb") / mean_of(runs, "val_bpb"),
-                  "val_bpb_by_median": (statistics.median(r["val_bpb"] for r in base)
-                                        / statistics.median(r["val_bpb"] for r in runs)),
-                  "val_bpb_gap": gap, "val_bpb_gap_sd": gap_sd,
-                  "tokens_per_second": mean_of(runs, "tokens_per_second") / mean_of(base, "tokens_per_second")}
-        out["ratios"][name] = ratios
-        print(f"  {name:10s} val_bpb {nano} / {name}: {ratios['val_bpb_by_mean']:.3f}x by mean, "
-              f"{ratios['val_bpb_by_median']:.3f}x by median | {nano} - {name}: {gap:+.4f} ± {gap_sd:.4f} "
-              f"(paired by seed) | tokens/s {name} / {nano}: {ratios['tokens_per_second']:.3f}x")
+    if nanos and len(nanos) < len(results):
+        mean_val_bpb = lambda name: statistics.mean(r["val_bpb"] for r in results[name])
+        nano = min(nanos, key=mean_val_bpb)  # its best learning rate of the sweep
+        print(f"\nagainst {nano} (the nanoGPT-style run with the lowest mean val_bpb here):")
+        out["ratios"] = compare(results, nano, [name for name in results if name not in nanos])
+    for base in info.get("against", []):
+        print(f"\nagainst {base}:")
+        out.setdefault("against", {})[base] = compare(results, base, [name for name in results if name != base])
     return out
+
+
+def compare(results: dict[str, list[dict]], base_name: str, names: list[str]) -> dict[str, dict]:
+    """Each named implementation's val_bpb and throughput against one other's, by mean, by median and by seed."""
+    mean_of = lambda runs, key: statistics.mean(r[key] for r in runs)
+    base = results[base_name]
+    ratios = {}
+    for name in names:
+        runs = results[name]
+        gaps = [b["val_bpb"] - r["val_bpb"] for r, b in zip(runs, base)]  # paired by seed
+        gap, gap_sd = mean_sd(gaps)
+        ratios[name] = one = {
+            "val_bpb_by_mean": mean_of(base, "val_bpb") / mean_of(runs, "val_bpb"),
+            "val_bpb_by_median": (statistics.median(r["val_bpb"] for r in base)
+                                  / statistics.median(r["val_bpb"] for r in runs)),
+            "val_bpb_gap": gap, "val_bpb_gap_sd": gap_sd,
+            "tokens_per_second": mean_of(runs, "tokens_per_second") / mean_of(base, "tokens_per_second")}
+        print(f"  {name:10s} val_bpb {base_name} / {name}: {one['val_bpb_by_mean']:.3f}x by mean, "
+              f"{one['val_bpb_by_median']:.3f}x by median | {base_name} - {name}: {gap:+.4f} ± {gap_sd:.4f} "
+              f"(paired by seed) | tokens/s {name} / {base_name}: {one['tokens_per_second']:.3f}x")
+    return ratios
 
 
 def main() -> None:
@@ -226,6 +235,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("ours", "nanogpt"), help="run one of the two defaults alone")
     parser.add_argument("--budget-for", action="append", default=[], metavar="NAME=SPEC",
                         help="a budget of its own for one implementation")
+    parser.add_argument("--against", action="append", default=[], metavar="NAME",
+                        help="also compare every other implementation with this one (e.g. today's train.py)")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--workdir", help="keep the trees and runs here (default: a temporary directory, removed)")
     args = parser.parse_args()
@@ -246,7 +257,7 @@ def main() -> None:
             settings.setdefault(each, []).append(setting)
     for lr in args.nanogpt_lr:
         settings.setdefault(f"nanogpt@{lr}", []).append(f"LEARNING_RATE={lr}")
-    unknown = (set(settings) | set(budgets_for)) - set(impls)
+    unknown = (set(settings) | set(budgets_for) | set(args.against)) - set(impls)
     if unknown:
         parser.error(f"no implementation named {', '.join(sorted(unknown))}")
 
@@ -265,7 +276,7 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
     info = {"device": next(iter(results.values()))[0].get("device", args.device), "budget": str(budget),
             "data": args.data, "seeds": args.seeds, "impls": impls, "settings": settings, "chars": chars,
-            "budgets": {name: str(b) for name, b in budgets.items()}, **machine()}
+            "budgets": {name: str(b) for name, b in budgets.items()}, "against": args.against, **machine()}
     if info["device"] == "cpu":  # no datasheet peak: MFU against what this CPU's matmul reaches
         peak = fp32_matmul_flops(threads)
         info["cpu_matmul_gflops"] = round(peak / 1e9, 1)
