@@ -52,14 +52,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
-from autoresearch import agents, control, knobs as knob_edit
+from autoresearch import assemble, control, knobs as knob_edit, scheduler
 from autoresearch.budget import Budget
 from autoresearch.demo import UNTUNED
-from autoresearch.executor import LocalExecutor
 from autoresearch.ledger import Ledger
 from autoresearch.records import RunRecord, RunState
 from autoresearch.runner import Runner, RunSpec
-from autoresearch.session import Session
 from autoresearch.target import Target
 
 from prepared_target import prepared_target
@@ -187,15 +185,11 @@ def loop_search(base: Path, unit: Path, method: str, rep: int, runs: int, budget
     target = Target.open(unit)
     tag = f"{method}-r{rep}"
     spent = _runs_made(target, tag)
-    executor = MeteredExecutor(LocalExecutor("cpu"), runs, spent, target.state)
     if spent < runs:
-        agent = agents.create("search", settings=target.config.agent)
-        session = Session.open(target, agent, "search", executor, tag=tag, budget=budget, say=log)
-        try:
-            session.run(None, final_test=False)
-        finally:
-            session.close()
-            executor.close()
+        executor = MeteredExecutor(assemble.executor("local", "cpu"), runs, spent, target.state)
+        agent = assemble.agent(target, "search")
+        with assemble.opened(target, agent, "search", executor, tag=tag, budget=budget, say=log) as session:
+            scheduler.run(session, None, final_test=False)
     ledger = Ledger(target.ledger_path)
     try:
         best, baseline = ledger.best(tag), ledger.baseline(tag)
@@ -239,7 +233,7 @@ class Trainer:
         self.source = {k.file: (base / k.file).read_text() for k in self.target.config.knobs}
         if not scratch.is_dir():
             shutil.copytree(base, scratch, ignore=shutil.ignore_patterns(".git", ".autoresearch"))
-        self.executor = MeteredExecutor(LocalExecutor("cpu"), limit=10 ** 9)
+        self.executor = assemble.executor("local", "cpu")
         self.slot = self.executor.slots()[0]
 
     def run(self, values: dict, seed: int, split: str, name: str) -> RunRecord:

@@ -1,0 +1,68 @@
+"""benchmarks/research_efficiency.py compares methods at equal compute: every training run a method makes counts,
+and none is made past the limit. Here its two kinds of search run on the guarded toy (a trusted evaluator, data
+splits, seeded noise), the loop's with the statistical judge, whose baseline calibration and confirmation of an
+implausible jump on the test split are runs too."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from autoresearch.budget import Budget
+from autoresearch.ledger import Ledger
+
+from toy import GUARDED_CONFIG, build_guarded
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import research_efficiency as bench  # noqa: E402
+
+KNOBS = """
+[[knobs]]
+name = "LR"
+file = "train.py"
+low = 0.1
+high = 10.0
+log = true
+
+[[knobs]]
+name = "WIDTH"
+file = "train.py"
+type = "int"
+low = 1
+high = 16
+"""
+
+
+def trained(root: Path) -> int:
+    """Runs that trained, counted from what they left on disk (each writes its log), not from the ledger."""
+    return sum(1 for _ in root.rglob("log.txt"))
+
+
+def test_the_loop_stops_at_its_runs_and_counts_calibration_and_confirmation(tmp_path):
+    toy = build_guarded(tmp_path, noise=0.01, config=GUARDED_CONFIG + KNOBS)
+    toy.git("add", "-A")
+    toy.git("commit", "-q", "-m", "knobs")
+    unit = tmp_path / "unit"
+    outcome = bench.loop_search(toy.root, unit, "stat", 0, 9, Budget.parse("1s"), lambda message: None)
+    assert trained(unit) == 9 == outcome["runs"]
+    ledger = Ledger(unit / ".autoresearch" / "ledger.sqlite")
+    try:
+        (checks,) = ledger.db.execute("SELECT COUNT(*) FROM verification_runs WHERE reason != ?",
+                                      (bench.SPENT,)).fetchone()
+    finally:
+        ledger.close()
+    assert checks > 0  # LR 1 -> 3 on a noise of 0.01 is implausible: its confirmation on the test split ran
+    again = bench.loop_search(toy.root, unit, "stat", 0, 9, Budget.parse("1s"), lambda message: None)
+    assert trained(unit) == 9 == again["runs"]  # a resumed collection trains nothing more
+
+
+def test_optuna_makes_exactly_its_trials(tmp_path):
+    toy = build_guarded(tmp_path, config=GUARDED_CONFIG + KNOBS)
+    toy.git("add", "-A")
+    toy.git("commit", "-q", "-m", "knobs")
+    results = bench.Results(tmp_path / "results.jsonl")
+    where = {"start": "tuned", "method": "tpe", "rep": 0, "runs_cap": 5, "budget": "1s"}
+    outcome = bench.optuna_search(toy.root, tmp_path / "unit", "tpe", 0, 5, Budget.parse("1s"), results, where,
+                                  lambda message: None)
+    assert outcome["runs"] == 5 == len(results.find(kind="trial")) == trained(tmp_path / "unit")
+    assert outcome["trajectory"][0][3] == bench.key({"LR": 1.0, "WIDTH": 4})  # the start is the first trial
