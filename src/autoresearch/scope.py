@@ -86,3 +86,17 @@ def unavailable_imports(source: str, before: str, root: Path, path: str) -> list
         if not local and name not in sys.stdlib_module_names and importlib.util.find_spec(name) is None:
             missing.append(name)
     return missing
+
+
+def write_inside(root: Path, writes) -> None:
+    """Write {relative path: text, or None to delete} under `root`: never outside it, never into .git (ValueError)."""
+    root = Path(root).resolve()
+    for relative, content in writes.items():
+        path = (root / relative).resolve()
+        if root not in path.parents or ".git" in Path(relative).parts:
+            raise ValueError(f"{relative!r} is not a path inside the target")
+        if content is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)

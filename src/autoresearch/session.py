@@ -430,16 +430,10 @@ class Session:
 
     def write_proposal(self, worktree: Git, proposal: Proposal) -> None:
         """Write the proposal's files into the worktree (never outside it, never into .git)."""
-        root = worktree.root.resolve()
-        for relative, content in proposal.writes.items():
-            path = (root / relative).resolve()
-            if root not in path.parents or ".git" in Path(relative).parts:
-                raise ProposalError(f"{relative!r} is not a path inside the target")
-            if content is None:
-                path.unlink(missing_ok=True)
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(content)
+        try:
+            scope.write_inside(worktree.root, proposal.writes)
+        except ValueError as exc:
+            raise ProposalError(str(exc)) from None
 
     def knobs_at(self, root: Path) -> dict:
         """The knobs' values in the files under `root` (a worktree)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+from . import scope
 from .budget import Budget
 from .executor import Job, LocalExecutor, Slot
 from .runner import Runner, RunSpec, reported_numbers
@@ -55,7 +56,7 @@ def check(target: Target, commit: str, writes: Mapping[str, Optional[str]], devi
         started = time.monotonic()
         try:
             worktree = target.git.add_worktree(target.worktrees / "check", commit)
-            _write(worktree.root, writes)
+            scope.write_inside(worktree.root, writes)
         except (OSError, ValueError) as exc:
             return Trial(False, time.monotonic() - started, f"the files could not be written: {exc}",
                          budget=str(budget), device=device)
@@ -87,16 +88,3 @@ def check(target: Target, commit: str, writes: Mapping[str, Optional[str]], devi
                   else f"killed: {result.limit}" if result.limit
                   else f"exited with code {result.exit_code}" if result.exit_code != 0 else "")
         return Trial(not reason, time.monotonic() - started, reason, figures, text[-4000:], str(budget), device)
-
-
-def _write(root: Path, writes: Mapping[str, Optional[str]]) -> None:
-    root = root.resolve()
-    for relative, content in writes.items():
-        path = (root / relative).resolve()
-        if root not in path.parents or ".git" in Path(relative).parts:
-            raise ValueError(f"{relative!r} is not a path inside the target")
-        if content is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
