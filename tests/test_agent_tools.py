@@ -9,19 +9,18 @@ from functools import partial
 
 import pytest
 
-pytest.importorskip("anthropic")
+import anthropic  # noqa: F401  (the real SDK is a test dependency: missing, these tests fail)
 
-from autoresearch import briefing, memory, sandbox, trial
+from autoresearch import briefing, memory, trial
 from autoresearch.agents import create
 from autoresearch.agents.workbench import MAX_NOTES, Workbench
 from autoresearch.config import AgentSection
 from autoresearch.records import State
 from autoresearch.target import Target
+from jail import needs_jail
 from standin import StandIn, context_for, message, tool_results, tool_use
 from toy import CONFIG, TAG
 
-needs_jail = pytest.mark.skipif(sandbox.unavailable() is not None,
-                                reason=f"no isolation here: {sandbox.unavailable()}")
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-pytest.importorskip("anthropic")
+import anthropic  # noqa: F401  (the real SDK is a test dependency: missing, these tests fail)
 
 from autoresearch.agents import AgentError, create
 from autoresearch.agents.claude import DEFAULT_MODEL

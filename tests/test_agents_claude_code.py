@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sdk = pytest.importorskip("claude_agent_sdk")
+import claude_agent_sdk as sdk  # a test dependency: missing, these tests fail
 if not (Path(sdk.__file__).parent / "_bundled" / "claude").exists():
     pytest.skip("the Claude Agent SDK has no bundled Claude Code program here", allow_module_level=True)
 

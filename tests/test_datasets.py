@@ -338,8 +338,8 @@ def story(i: int) -> str:
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
     """Two parquet shards of 60 stories each; HF_ENDPOINT points at the server."""
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     root = tmp_path / "remote"
     root.mkdir()
     for shard in range(2):

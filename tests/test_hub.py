@@ -18,8 +18,8 @@ import pytest
 from autoresearch import hub
 from autoresearch.hub import CORPORA, HubDataset, HubError, RemoteFile, download, fetch_corpus, iter_texts, list_files
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
+import pyarrow as pa  # a test dependency: missing, these tests fail
+import pyarrow.parquet as pq
 
 DATASET = HubDataset("org/corpus")
 

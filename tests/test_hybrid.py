@@ -2,7 +2,7 @@
 
 import pytest
 
-pytest.importorskip("anthropic")
+import anthropic  # noqa: F401  (the real SDK is a test dependency: missing, these tests fail)
 
 from autoresearch.agents import Agent, Proposal, create
 from autoresearch.agents.hybrid import HybridAgent, _with_values, adopted_knobs
