@@ -34,7 +34,6 @@ import functools
 import json
 import random
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 

@@ -24,7 +24,6 @@ from typing import Optional
 from . import forkserver, sandbox, snapshots
 from .budget import Budget
 from .executor import Executor, Job, JobResult, Slot
-from .gitrepo import Git
 from . import guard, integrity
 from .records import Flag, RunRecord, RunState
 from .sandbox import Jail

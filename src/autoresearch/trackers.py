@@ -71,7 +71,7 @@ def rows(ledger: Ledger, tag: str, metric_name: str) -> Iterator[Row]:
 def to_mlflow(ledger: Ledger, tag: str, metric_name: str, uri: Optional[str], experiment_name: str) -> int:
     """Runs not yet in MLflow experiment `experiment_name` at `uri` (None: MLflow's own default); how many."""
     try:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise TrackerError("export --mlflow needs MLflow: pip install 'autoresearch[mlflow]'") from None

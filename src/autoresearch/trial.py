@@ -18,7 +18,6 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Optional
 
 from . import scope

@@ -16,9 +16,7 @@ implausible jump before it is kept. Every run and the summary go to the ledger.
 from __future__ import annotations
 
 import math
-import re
 import statistics
-from dataclasses import dataclass
 from typing import Optional
 
 from scipy.special import stdtrit  # the Student t quantile: scipy.stats would cost seconds to import
