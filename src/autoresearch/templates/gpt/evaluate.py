@@ -161,9 +161,11 @@ def main():
         # from here on this process may read held-out data: the model processes are forked from the scorer's
         # zygote, made above, before it did
         device = pick_device(os.environ.get("AUTORESEARCH_DEVICE") or "auto")
-        threads = int(os.environ.get("AUTORESEARCH_THREADS") or 0)
-        if device.type == "cpu" and threads:
-            torch.set_num_threads(threads)
+        threads = int(os.environ.get("AUTORESEARCH_THREADS") or 0)  # the model process's
+        if device.type == "cpu":
+            # The model computes on the same cores. This process's work between its answers is small, and its
+            # OpenMP workers, spinning after each operation, would take a core from it: 1.7x the evaluation's time.
+            torch.set_num_threads(1)
         meta_path = os.path.join(data_dir, "meta.json")
         if not os.path.exists(meta_path):
             fail(f"{meta_path} not found: run prepare.py first")
