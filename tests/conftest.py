@@ -60,6 +60,12 @@ def cli_process():
     return run
 
 
+def _sigint_default() -> None:
+    """Ctrl-C as a terminal gives it: a suite started in the background (`cmd &`) has SIGINT ignored, which its
+    children inherit, and a Python started so never turns SIGINT into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def spawn_cli():
     """Start `autoresearch ARGS...` as a subprocess in its own session, so a test can signal it alone.
@@ -70,7 +76,7 @@ def spawn_cli():
     def spawn(*args, log: Path) -> subprocess.Popen:
         with open(log, "ab") as handle:
             process = subprocess.Popen(cli_command(*args), stdout=handle, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_sigint_default)
         started.append(process)
         return process
 
