@@ -13,12 +13,14 @@ Design
   and the session stops (its control file) after that experiment.
 - Two starts: `tuned`, the template's defaults, and `untuned`, the demo's starting point (demo.UNTUNED: Muon's
   MATRIX_LR 20 times below its default).
-- Four methods over the template's [[knobs]], each repeated --reps times with different seeds:
+- Four methods (by default) over the template's [[knobs]], each repeated --reps times with different seeds:
     stat    autoresearch's `search` agent with the statistical judge, the template's [judge] as shipped: a real
             session assembled as `autoresearch run` assembles it
     plain   the same with [judge] rule = "plain": one run (seed 0), kept when lower (the reference loop's rule)
     tpe     Optuna's TPESampler(seed=rep) run directly: one run per trial (seed 0), the best trial picked
     random  Optuna's RandomSampler(seed=rep), likewise
+  and, on request (--methods stat4), a variant of the loop that was tried:
+    stat4   stat with [judge] calibrate_seeds = 4 (half the baseline's calibration runs)
   The start is the first trial of tpe and random (and is told to the sampler where it lies inside the knobs'
   ranges, as the search agent is told the baseline); the loop's pick is its best commit.
 - Scoring: each pick and its start on the held-out test split with fresh seeds (--test-seeds of them: 1000, 1001,
@@ -64,7 +66,8 @@ from prepared_target import prepared_target
 
 LOCK = "/tmp/autoresearch-bench.lock"
 STARTS = ("tuned", "untuned")
-METHODS = ("stat", "plain", "tpe", "random")
+METHODS = ("stat", "plain", "tpe", "random", "stat4")
+DEFAULT_METHODS = METHODS[:4]  # stat4 is a variant of the loop that was tried, collected on request
 SPENT = "the benchmark's compute for this method is spent"
 TEST_SEED = 1000  # scoring seeds start here: none of them trains during a search
 TIMEOUT = 3600.0  # per run: a steps budget on a machine other jobs load may take many times its idle time
@@ -169,7 +172,12 @@ def key(values: dict) -> str:
     return json.dumps({k: knob_edit.format_value(v) for k, v in sorted(values.items())})
 
 
-# ---------------------------------------------------------------------------- the loop's two rules
+# ---------------------------------------------------------------------------- the loop's rules
+
+LOOP_VARIANTS = {  # method: the [judge] line of the template it changes (pattern, replacement)
+    "plain": (r'^rule = "statistical"', 'rule = "plain"'),
+    "stat4": (r"^calibrate_seeds = \d+", "calibrate_seeds = 4"),
+}
 
 
 def loop_search(base: Path, unit: Path, method: str, rep: int, runs: int, budget: Budget, log: Callable) -> dict:
@@ -177,11 +185,14 @@ def loop_search(base: Path, unit: Path, method: str, rep: int, runs: int, budget
     if not (unit / "autoresearch.toml").exists():
         shutil.rmtree(unit, ignore_errors=True)
         shutil.copytree(base, unit, ignore=shutil.ignore_patterns("worktrees", "runs", "ledger.sqlite*"))
-        if method == "plain":
+        if method in LOOP_VARIANTS:
             text = (unit / "autoresearch.toml").read_text()
-            text = re.sub(r'^rule = "statistical"', 'rule = "plain"', text, count=1, flags=re.MULTILINE)
+            pattern, replacement = LOOP_VARIANTS[method]
+            text, changed = re.subn(pattern, replacement, text, count=1, flags=re.MULTILINE)
+            if not changed:
+                raise SystemExit(f"research_efficiency: the template's [judge] has no line {pattern!r}")
             (unit / "autoresearch.toml").write_text(text)
-            Target.open(unit).git.commit_all("research_efficiency: the reference loop's rule")
+            Target.open(unit).git.commit_all(f"research_efficiency: the {method} variant of the loop")
     target = Target.open(unit)
     tag = f"{method}-r{rep}"
     spent = _runs_made(target, tag)
@@ -402,7 +413,7 @@ def collect(args, results: Results) -> None:
                         log = _logger(handle, f"{start} {method} r{rep}")
                         with bench_lock():
                             began = machine()
-                            if method in ("stat", "plain"):
+                            if method in ("stat", *LOOP_VARIANTS):
                                 outcome = loop_search(base, unit, method, rep, args.runs, budget, log)
                             else:
                                 outcome = optuna_search(base, unit, method, rep, args.runs, budget, results, where,
@@ -440,7 +451,7 @@ def main() -> int:
     parser.add_argument("--test-seeds", type=int, default=3, help="fresh seeds of the test-split scoring (default: 3)")
     parser.add_argument("--data", default="shakespeare", help="data source (default: shakespeare)")
     parser.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS))
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS))
     parser.add_argument("--analyse", action="store_true", help="only the table, from --results")
     args = parser.parse_args()
     if args.budget.kind != "steps":

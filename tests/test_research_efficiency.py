@@ -66,3 +66,21 @@ def test_optuna_makes_exactly_its_trials(tmp_path):
                                   lambda message: None)
     assert outcome["runs"] == 5 == len(results.find(kind="trial")) == trained(tmp_path / "unit")
     assert outcome["trajectory"][0][3] == bench.key({"LR": 1.0, "WIDTH": 4})  # the start is the first trial
+
+
+def test_a_variant_of_the_loop_changes_its_judge_and_nothing_else(tmp_path):
+    toy = build_guarded(tmp_path, noise=0.01, config=GUARDED_CONFIG + KNOBS)
+    toy.git("add", "-A")
+    toy.git("commit", "-q", "-m", "knobs")
+    unit = tmp_path / "unit"
+    outcome = bench.loop_search(toy.root, unit, "stat4", 0, 6, Budget.parse("1s"), lambda message: None)
+    assert trained(unit) == 6 == outcome["runs"]
+    config = (unit / "autoresearch.toml").read_text()
+    assert config.replace("calibrate_seeds = 4", "calibrate_seeds = 2") == (toy.root / "autoresearch.toml").read_text()
+    ledger = Ledger(unit / ".autoresearch" / "ledger.sqlite")
+    try:
+        (calibration,) = ledger.db.execute("SELECT COUNT(*) FROM runs r JOIN experiments e ON e.id = r.experiment_id "
+                                           "WHERE e.idx = 0").fetchone()
+    finally:
+        ledger.close()
+    assert calibration == 4  # the baseline calibrated on the variant's 4 seeds, not the toy's 2
