@@ -95,7 +95,8 @@ def pooled_paired(parent: list[float], candidate: list[float], rule: Rule, sd: f
     return False, len(diffs)
 
 
-def simulate(pool: dict[str, dict[int, float]], trials: int, rule: Rule, seed: int = 0) -> list[dict]:
+def simulate(pool: dict[str, dict[int, float]], trials: int, rule: Rule, calibration: int = CALIBRATION,
+             seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     seeds = sorted(pool["baseline"])
     base = pool["baseline"]
@@ -117,7 +118,7 @@ def simulate(pool: dict[str, dict[int, float]], trials: int, rule: Rule, seed: i
         tally = {name: [0, 0] for name in ("judge", "unpaired", "pooled", "reference", "fixed3")}
         paired_keeps = 0
         for _ in range(trials):
-            drawn = rng.sample(seeds, CALIBRATION)
+            drawn = rng.sample(seeds, calibration)
             parent = [base[s] for s in drawn]
             candidate = [pool[variant][s] - shift for s in drawn[:rule.max_runs]]
             for name, paired in (("judge", True), ("unpaired", False)):
@@ -172,6 +173,8 @@ def main() -> None:
     parser.add_argument("runs", help="the JSON file benchmarks/judge_runs.py wrote")
     parser.add_argument("--trials", type=int, default=20000, help="simulated experiments per case")
     parser.add_argument("--json", metavar="FILE", help="write the results here")
+    parser.add_argument("--calibrate", type=int, default=CALIBRATION,
+                        help=f"the parent's calibration runs (default: [judge] calibrate_seeds, {CALIBRATION})")
     args = parser.parse_args()
     saved = json.loads(Path(args.runs).read_text())
     rule = Rule()
@@ -181,13 +184,13 @@ def main() -> None:
         if "baseline" not in pool or len(pool["baseline"]) < 2:
             continue
         describe(saved, budget, pool)
-        if set(pool) != {"baseline", "stream", "lr"} or len(pool["baseline"]) < CALIBRATION:
-            print(f"  (no judge table: it needs the baseline, stream and lr variants on {CALIBRATION}+ seeds)\n")
+        if set(pool) != {"baseline", "stream", "lr"} or len(pool["baseline"]) < args.calibrate:
+            print(f"  (no judge table: it needs the baseline, stream and lr variants on {args.calibrate}+ seeds)\n")
             continue
         sd = statistics.stdev(pool["baseline"].values())
-        print(f"judge: significance {rule.significance}, max {rule.max_runs} runs; calibration {CALIBRATION} runs; "
+        print(f"judge: significance {rule.significance}, max {rule.max_runs} runs; calibration {args.calibrate} runs; "
               f"{args.trials} simulated experiments per case; 1 sd = {sd:.4f}\n")
-        results = simulate(pool, args.trials, rule)
+        results = simulate(pool, args.trials, rule, args.calibrate)
         header = (f"{'case':36s} {'judge: kept':>11s} {'runs':>5s} {'(paired)':>8s} {'unpaired: kept':>14s} "
                   f"{'runs':>5s} {'pooled: kept':>12s} {'runs':>5s} {'reference':>9s} {'fixed K=3':>9s}")
         print(header)
