@@ -33,15 +33,21 @@ high = 16
 """
 
 
+def knobbed(tmp_path: Path, **options):
+    """The guarded toy with two [[knobs]], committed."""
+    toy = build_guarded(tmp_path, config=GUARDED_CONFIG + KNOBS, **options)
+    toy.git("add", "-A")
+    toy.git("commit", "-q", "-m", "knobs")
+    return toy
+
+
 def trained(root: Path) -> int:
     """Runs that trained, counted from what they left on disk (each writes its log), not from the ledger."""
     return sum(1 for _ in root.rglob("log.txt"))
 
 
 def test_the_loop_stops_at_its_runs_and_counts_calibration_and_confirmation(tmp_path):
-    toy = build_guarded(tmp_path, noise=0.01, config=GUARDED_CONFIG + KNOBS)
-    toy.git("add", "-A")
-    toy.git("commit", "-q", "-m", "knobs")
+    toy = knobbed(tmp_path, noise=0.01)
     unit = tmp_path / "unit"
     outcome = bench.loop_search(toy.root, unit, "stat", 0, 9, Budget.parse("1s"), lambda message: None)
     assert trained(unit) == 9 == outcome["runs"]
@@ -57,9 +63,7 @@ def test_the_loop_stops_at_its_runs_and_counts_calibration_and_confirmation(tmp_
 
 
 def test_optuna_makes_exactly_its_trials(tmp_path):
-    toy = build_guarded(tmp_path, config=GUARDED_CONFIG + KNOBS)
-    toy.git("add", "-A")
-    toy.git("commit", "-q", "-m", "knobs")
+    toy = knobbed(tmp_path)
     results = bench.Results(tmp_path / "results.jsonl")
     where = {"start": "tuned", "method": "tpe", "rep": 0, "runs_cap": 5, "budget": "1s"}
     outcome = bench.optuna_search(toy.root, tmp_path / "unit", "tpe", 0, 5, Budget.parse("1s"), results, where,
@@ -69,9 +73,7 @@ def test_optuna_makes_exactly_its_trials(tmp_path):
 
 
 def test_a_variant_of_the_loop_changes_its_judge_and_nothing_else(tmp_path):
-    toy = build_guarded(tmp_path, noise=0.01, config=GUARDED_CONFIG + KNOBS)
-    toy.git("add", "-A")
-    toy.git("commit", "-q", "-m", "knobs")
+    toy = knobbed(tmp_path, noise=0.01)
     unit = tmp_path / "unit"
     outcome = bench.loop_search(toy.root, unit, "stat4", 0, 6, Budget.parse("1s"), lambda message: None)
     assert trained(unit) == 6 == outcome["runs"]
