@@ -12,18 +12,12 @@ from autoresearch.budget import Budget
 from autoresearch.ledger import Ledger
 
 from toy import GUARDED_CONFIG, build_guarded
+from transfer_toy import KNOB
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import research_efficiency as bench  # noqa: E402
 
-KNOBS = """
-[[knobs]]
-name = "LR"
-file = "train.py"
-low = 0.1
-high = 10.0
-log = true
-
+KNOBS = KNOB + """
 [[knobs]]
 name = "WIDTH"
 file = "train.py"
