@@ -175,9 +175,11 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="write the results here")
     parser.add_argument("--calibrate", type=int, default=CALIBRATION,
                         help=f"the parent's calibration runs (default: [judge] calibrate_seeds, {CALIBRATION})")
+    parser.add_argument("--max-runs", type=int, default=JudgeSection().max_runs,
+                        help="the most runs a candidate gets (default: [judge] max_runs, %(default)s)")
     args = parser.parse_args()
     saved = json.loads(Path(args.runs).read_text())
-    rule = Rule()
+    rule = Rule(max_runs=args.max_runs)
     out = {}
     for budget in sorted({run["budget"] for run in saved["runs"]}):
         pool = pools(saved, budget)
