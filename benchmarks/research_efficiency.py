@@ -19,8 +19,9 @@ Design
     plain   the same with [judge] rule = "plain": one run (seed 0), kept when lower (the reference loop's rule)
     tpe     Optuna's TPESampler(seed=rep) run directly: one run per trial (seed 0), the best trial picked
     random  Optuna's RandomSampler(seed=rep), likewise
-  and, on request (--methods stat4), a variant of the loop that was tried:
+  and, on request (--methods stat4 quick), variants of the loop that were tried:
     stat4   stat with [judge] calibrate_seeds = 4 (half the baseline's calibration runs)
+    quick   stat4 with [judge] max_runs = 3 (a promising change gets at most 3 runs, not 4)
   The start is the first trial of tpe and random (and is told to the sampler where it lies inside the knobs'
   ranges, as the search agent is told the baseline); the loop's pick is its best commit.
 - Scoring: each pick and its start on the held-out test split with fresh seeds (--test-seeds of them: 1000, 1001,
@@ -66,8 +67,8 @@ from prepared_target import prepared_target
 
 LOCK = "/tmp/autoresearch-bench.lock"
 STARTS = ("tuned", "untuned")
-METHODS = ("stat", "plain", "tpe", "random", "stat4")
-DEFAULT_METHODS = METHODS[:4]  # stat4 is a variant of the loop that was tried, collected on request
+METHODS = ("stat", "plain", "tpe", "random", "stat4", "quick")
+DEFAULT_METHODS = METHODS[:4]  # stat4 and quick are variants of the loop that were tried, collected on request
 SPENT = "the benchmark's compute for this method is spent"
 TEST_SEED = 1000  # scoring seeds start here: none of them trains during a search
 TIMEOUT = 3600.0  # per run: a steps budget on a machine other jobs load may take many times its idle time
@@ -174,9 +175,10 @@ def key(values: dict) -> str:
 
 # ---------------------------------------------------------------------------- the loop's rules
 
-LOOP_VARIANTS = {  # method: the [judge] line of the template it changes (pattern, replacement)
-    "plain": (r'^rule = "statistical"', 'rule = "plain"'),
-    "stat4": (r"^calibrate_seeds = \d+", "calibrate_seeds = 4"),
+LOOP_VARIANTS = {  # method: the [judge] lines of the template it changes, as (pattern, replacement)
+    "plain": [(r'^rule = "statistical"', 'rule = "plain"')],
+    "stat4": [(r"^calibrate_seeds = \d+", "calibrate_seeds = 4")],
+    "quick": [(r"^calibrate_seeds = \d+", "calibrate_seeds = 4"), (r"^max_runs = \d+", "max_runs = 3")],
 }
 
 
@@ -187,10 +189,10 @@ def loop_search(base: Path, unit: Path, method: str, rep: int, runs: int, budget
         shutil.copytree(base, unit, ignore=shutil.ignore_patterns("worktrees", "runs", "ledger.sqlite*"))
         if method in LOOP_VARIANTS:
             text = (unit / "autoresearch.toml").read_text()
-            pattern, replacement = LOOP_VARIANTS[method]
-            text, changed = re.subn(pattern, replacement, text, count=1, flags=re.MULTILINE)
-            if not changed:
-                raise SystemExit(f"research_efficiency: the template's [judge] has no line {pattern!r}")
+            for pattern, replacement in LOOP_VARIANTS[method]:
+                text, changed = re.subn(pattern, replacement, text, count=1, flags=re.MULTILINE)
+                if not changed:
+                    raise SystemExit(f"research_efficiency: the template's [judge] has no line {pattern!r}")
             (unit / "autoresearch.toml").write_text(text)
             Target.open(unit).git.commit_all(f"research_efficiency: the {method} variant of the loop")
     target = Target.open(unit)
