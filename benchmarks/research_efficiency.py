@@ -203,6 +203,10 @@ def loop_search(base: Path, unit: Path, method: str, rep: int, runs: int, budget
         agent = assemble.agent(target, "search")
         with assemble.opened(target, agent, "search", executor, tag=tag, budget=budget, say=log) as session:
             scheduler.run(session, None, final_test=False)
+        made = _runs_made(target, tag)
+        if made < runs:  # the session was stopped (Ctrl-C) before its compute was spent: no result, resume later
+            raise SystemExit(f"research_efficiency: {unit.name} stopped after {made} of its {runs} runs; nothing "
+                             f"recorded for it: run the same command again to go on from there")
     ledger = Ledger(target.ledger_path)
     try:
         best, baseline = ledger.best(tag), ledger.baseline(tag)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from autoresearch.budget import Budget
 from autoresearch.ledger import Ledger
 
@@ -80,3 +82,17 @@ def test_a_variant_of_the_loop_changes_its_judge_and_nothing_else(tmp_path):
     finally:
         ledger.close()
     assert calibration == 4  # the baseline calibrated on the variant's 4 seeds, not the toy's 2
+
+
+def test_a_search_stopped_before_its_runs_records_nothing_and_resumes(tmp_path, monkeypatch):
+    # Ctrl-C ends the session quietly (scheduler.run returns, the experiment interrupted): the search must not then
+    # be reported as if its compute had been spent. Here the session returns after none of its runs.
+    toy = knobbed(tmp_path, noise=0.01)
+    unit = tmp_path / "unit"
+    real_run = bench.scheduler.run
+    monkeypatch.setattr(bench.scheduler, "run", lambda *args, **kwargs: None)
+    with pytest.raises(SystemExit, match="unit stopped after 0 of its 6 runs; nothing recorded"):
+        bench.loop_search(toy.root, unit, "stat", 0, 6, Budget.parse("1s"), lambda message: None)
+    monkeypatch.setattr(bench.scheduler, "run", real_run)
+    outcome = bench.loop_search(toy.root, unit, "stat", 0, 6, Budget.parse("1s"), lambda message: None)
+    assert trained(unit) == 6 == outcome["runs"]
