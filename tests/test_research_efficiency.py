@@ -89,10 +89,9 @@ def test_a_search_stopped_before_its_runs_records_nothing_and_resumes(tmp_path, 
     # be reported as if its compute had been spent. Here the session returns after none of its runs.
     toy = knobbed(tmp_path, noise=0.01)
     unit = tmp_path / "unit"
-    real_run = bench.scheduler.run
-    monkeypatch.setattr(bench.scheduler, "run", lambda *args, **kwargs: None)
-    with pytest.raises(SystemExit, match="unit stopped after 0 of its 6 runs; nothing recorded"):
+    with monkeypatch.context() as patched, pytest.raises(SystemExit, match="unit stopped after 0 of its 6 runs; "
+                                                                         "nothing recorded"):
+        patched.setattr(bench.scheduler, "run", lambda *args, **kwargs: None)
         bench.loop_search(toy.root, unit, "stat", 0, 6, Budget.parse("1s"), lambda message: None)
-    monkeypatch.setattr(bench.scheduler, "run", real_run)
     outcome = bench.loop_search(toy.root, unit, "stat", 0, 6, Budget.parse("1s"), lambda message: None)
     assert trained(unit) == 6 == outcome["runs"]
