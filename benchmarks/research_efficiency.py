@@ -22,6 +22,8 @@ Design
   and, on request (--methods stat4 quick), variants of the loop that were tried:
     stat4   stat with [judge] calibrate_seeds = 4 (half the baseline's calibration runs)
     quick   stat4 with [judge] max_runs = 3 (a promising change gets at most 3 runs, not 4)
+    wide    stat4 with the search agent moving every knob TPE moves, not the one or two it moves furthest
+            (search.MAX_MOVED and SECOND_MOVE set in this process: no setting of the tool)
   The start is the first trial of tpe and random (and is told to the sampler where it lies inside the knobs'
   ranges, as the search agent is told the baseline); the loop's pick is its best commit.
 - Scoring: each pick and its start on the held-out test split with fresh seeds (--test-seeds of them: 1000, 1001,
@@ -67,8 +69,8 @@ from prepared_target import prepared_target
 
 LOCK = "/tmp/autoresearch-bench.lock"
 STARTS = ("tuned", "untuned")
-METHODS = ("stat", "plain", "tpe", "random", "stat4", "quick")
-DEFAULT_METHODS = METHODS[:4]  # stat4 and quick are variants of the loop that were tried, collected on request
+METHODS = ("stat", "plain", "tpe", "random", "stat4", "quick", "wide")
+DEFAULT_METHODS = METHODS[:4]  # the rest are variants of the loop that were tried, collected on request
 SPENT = "the benchmark's compute for this method is spent"
 TEST_SEED = 1000  # scoring seeds start here: none of them trains during a search
 TIMEOUT = 3600.0  # per run: a steps budget on a machine other jobs load may take many times its idle time
@@ -179,7 +181,25 @@ LOOP_VARIANTS = {  # method: the [judge] lines of the template it changes, as (p
     "plain": [(r'^rule = "statistical"', 'rule = "plain"')],
     "stat4": [(r"^calibrate_seeds = \d+", "calibrate_seeds = 4")],
     "quick": [(r"^calibrate_seeds = \d+", "calibrate_seeds = 4"), (r"^max_runs = \d+", "max_runs = 3")],
+    "wide": [(r"^calibrate_seeds = \d+", "calibrate_seeds = 4")],
 }
+SEARCH_VARIANTS = {"wide": {"MAX_MOVED": 1000, "SECOND_MOVE": 0.0}}  # method: the search agent's constants it sets
+
+
+@contextmanager
+def search_constants(method: str):
+    """The search agent's module constants as `method` wants them, for the length of its session."""
+    from autoresearch.agents import search
+
+    wanted = SEARCH_VARIANTS.get(method, {})
+    before = {name: getattr(search, name) for name in wanted}
+    for name, value in wanted.items():
+        setattr(search, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(search, name, value)
 
 
 def loop_search(base: Path, unit: Path, method: str, rep: int, runs: int, budget: Budget, log: Callable) -> dict:
@@ -201,7 +221,8 @@ def loop_search(base: Path, unit: Path, method: str, rep: int, runs: int, budget
     if spent < runs:
         executor = MeteredExecutor(assemble.executor("local", "cpu"), runs, spent, target.state)
         agent = assemble.agent(target, "search")
-        with assemble.opened(target, agent, "search", executor, tag=tag, budget=budget, say=log) as session:
+        with search_constants(method), assemble.opened(target, agent, "search", executor, tag=tag, budget=budget,
+                                                        say=log) as session:
             scheduler.run(session, None, final_test=False)
         made = _runs_made(target, tag)
         if made < runs:  # the session was stopped (Ctrl-C) before its compute was spent: no result, resume later

@@ -95,3 +95,13 @@ def test_a_search_stopped_before_its_runs_records_nothing_and_resumes(tmp_path, 
         bench.loop_search(toy.root, unit, "stat", 0, 6, Budget.parse("1s"), lambda message: None)
     outcome = bench.loop_search(toy.root, unit, "stat", 0, 6, Budget.parse("1s"), lambda message: None)
     assert trained(unit) == 6 == outcome["runs"]
+
+
+def test_the_wide_variant_moves_every_knob_tpe_moves_and_restores_the_agent(tmp_path):
+    from autoresearch.agents import search
+
+    toy = knobbed(tmp_path, noise=0.01)
+    outcome = bench.loop_search(toy.root, tmp_path / "unit", "wide", 0, 8, Budget.parse("1s"), lambda message: None)
+    moves = [description for _, _, _, description in outcome["trajectory"][1:]]
+    assert moves and all("LR " in move and "WIDTH " in move for move in moves), moves  # as shipped, some move one
+    assert (search.MAX_MOVED, search.SECOND_MOVE) == (2, 0.8)  # the next search in the process moves as shipped
