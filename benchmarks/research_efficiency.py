@@ -19,7 +19,7 @@ Design
     plain   the same with [judge] rule = "plain": one run (seed 0), kept when lower (the reference loop's rule)
     tpe     Optuna's TPESampler(seed=rep) run directly: one run per trial (seed 0), the best trial picked
     random  Optuna's RandomSampler(seed=rep), likewise
-  and, on request (--methods stat4 quick), variants of the loop that were tried:
+  and, on request (--methods stat4 quick wide), variants of the loop that were tried:
     stat4   stat with [judge] calibrate_seeds = 4 (half the baseline's calibration runs)
     quick   stat4 with [judge] max_runs = 3 (a promising change gets at most 3 runs, not 4)
     wide    stat4 with the search agent moving every knob TPE moves, not the one or two it moves furthest
@@ -177,11 +177,12 @@ def key(values: dict) -> str:
 
 # ---------------------------------------------------------------------------- the loop's rules
 
+CALIBRATE_4 = [(r"^calibrate_seeds = \d+", "calibrate_seeds = 4")]
 LOOP_VARIANTS = {  # method: the [judge] lines of the template it changes, as (pattern, replacement)
     "plain": [(r'^rule = "statistical"', 'rule = "plain"')],
-    "stat4": [(r"^calibrate_seeds = \d+", "calibrate_seeds = 4")],
-    "quick": [(r"^calibrate_seeds = \d+", "calibrate_seeds = 4"), (r"^max_runs = \d+", "max_runs = 3")],
-    "wide": [(r"^calibrate_seeds = \d+", "calibrate_seeds = 4")],
+    "stat4": CALIBRATE_4,
+    "quick": CALIBRATE_4 + [(r"^max_runs = \d+", "max_runs = 3")],
+    "wide": CALIBRATE_4,
 }
 SEARCH_VARIANTS = {"wide": {"MAX_MOVED": 1000, "SECOND_MOVE": 0.0}}  # method: the search agent's constants it sets
 
