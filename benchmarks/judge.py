@@ -6,9 +6,10 @@ runs that share seeds, judged paired (as a session runs them) and unpaired.
 
 The runs (judge_runs.py): the built-in GPT target's CPU preset, every variant run with seeds 0..N-1, so run i of a
 variant pairs with the baseline's run i as a candidate's run pairs with its parent's in a session. Each simulated
-experiment draws `calibrate_seeds` of the N seeds for the parent (the baseline variant; its noise model is that
-calibration plus the candidate's runs so far, as a fresh session's) and gives the candidate's runs the first of
-those seeds, in order, from the candidate variant. Cases:
+experiment draws `calibrate_seeds` of the N seeds for the parent (the baseline variant) and gives the candidate's
+runs the first of those seeds, in order, from the candidate variant. The noise model is that calibration plus the
+candidate's runs so far, as in a fresh session; with --noise-df D, an estimate with D degrees of freedom, as a
+session knows it once it has pooled that many from its experiments. Cases:
 
 - A/A: the candidate is the `stream` variant (one extra draw from torch's random stream before the model is built):
   the expected result is the baseline's, but paired runs start from other weights, so they are not bit-identical.
@@ -36,11 +37,12 @@ import random
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from autoresearch.config import JudgeSection
-from autoresearch.stats import Rule, pooled_noise, verdict
+from autoresearch.stats import Noise, Rule, pooled_noise, verdict
 
 CALIBRATION = JudgeSection().calibrate_seeds  # baseline runs a session calibrates on (the default)
 
@@ -55,12 +57,15 @@ def pools(saved: dict, budget: str) -> dict[str, dict[int, float]]:
     return {name: {seed: values[seed] for seed in sorted(common)} for name, values in by_variant.items()}
 
 
-def sequential(parent: list[float], candidate: list[float], rule: Rule, paired: bool) -> tuple[bool, int, str]:
-    """The judge's decision on a candidate whose run i pairs with the parent's run i: (kept, runs, analysis)."""
+def sequential(parent: list[float], candidate: list[float], rule: Rule, paired: bool,
+               session_noise: Optional[Noise] = None) -> tuple[bool, int, str]:
+    """The judge's decision on a candidate whose run i pairs with the parent's run i: (kept, runs, analysis).
+    The noise is `session_noise` (what a session has pooled by then) or, without it, a fresh session's: the
+    parent's calibration and the candidate's runs so far."""
     runs: list[float] = []
     for value in candidate:
         runs.append(value)
-        noise = pooled_noise([parent, runs])
+        noise = session_noise or pooled_noise([parent, runs])
         pairs = [p - c for p, c in zip(parent, runs)] if paired else ()
         v = verdict(runs, parent, noise, rule, minimize=True, pairs=pairs,
                     paired_looks=min(len(parent), rule.max_runs) if paired else None)
@@ -96,8 +101,12 @@ def pooled_paired(parent: list[float], candidate: list[float], rule: Rule, sd: f
 
 
 def simulate(pool: dict[str, dict[int, float]], trials: int, rule: Rule, calibration: int = CALIBRATION,
-             seed: int = 0) -> list[dict]:
+             seed: int = 0, noise_df: Optional[int] = None) -> list[dict]:
+    """Keep rates and runs per decision of each rule, per case. `noise_df`: judge as a session whose noise
+    estimate has pooled that many degrees of freedom by then (each experiment's estimate drawn around the
+    baseline pool's sd as such an estimate scatters); without it, as a fresh session."""
     rng = random.Random(seed)
+    draws = np.random.default_rng(seed)
     seeds = sorted(pool["baseline"])
     base = pool["baseline"]
     sd = statistics.stdev(base.values())
@@ -121,8 +130,11 @@ def simulate(pool: dict[str, dict[int, float]], trials: int, rule: Rule, calibra
             drawn = rng.sample(seeds, calibration)
             parent = [base[s] for s in drawn]
             candidate = [pool[variant][s] - shift for s in drawn[:rule.max_runs]]
+            session_noise = None
+            if noise_df:
+                session_noise = Noise(sd * float(np.sqrt(draws.chisquare(noise_df) / noise_df)), noise_df)
             for name, paired in (("judge", True), ("unpaired", False)):
-                kept, runs, analysis = sequential(parent, candidate, rule, paired)
+                kept, runs, analysis = sequential(parent, candidate, rule, paired, session_noise)
                 tally[name][0] += kept
                 tally[name][1] += runs
                 paired_keeps += kept and analysis == "paired"
@@ -175,6 +187,9 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="write the results here")
     parser.add_argument("--calibrate", type=int, default=CALIBRATION,
                         help=f"the parent's calibration runs (default: [judge] calibrate_seeds, {CALIBRATION})")
+    parser.add_argument("--noise-df", type=int, metavar="N",
+                        help="judge as a session whose noise estimate has N degrees of freedom by then (pooled over "
+                             "its earlier experiments) instead of a fresh session's calibration")
     parser.add_argument("--max-runs", type=int, default=JudgeSection().max_runs,
                         help="the most runs a candidate gets (default: [judge] max_runs, %(default)s)")
     args = parser.parse_args()
@@ -190,9 +205,11 @@ def main() -> None:
             print(f"  (no judge table: it needs the baseline, stream and lr variants on {args.calibrate}+ seeds)\n")
             continue
         sd = statistics.stdev(pool["baseline"].values())
+        known = (f"the noise known to {args.noise_df} degrees of freedom" if args.noise_df
+                 else "the noise from the calibration and the candidate's runs (a fresh session)")
         print(f"judge: significance {rule.significance}, max {rule.max_runs} runs; calibration {args.calibrate} runs; "
-              f"{args.trials} simulated experiments per case; 1 sd = {sd:.4f}\n")
-        results = simulate(pool, args.trials, rule, args.calibrate)
+              f"{known}; {args.trials} simulated experiments per case; 1 sd = {sd:.4f}\n")
+        results = simulate(pool, args.trials, rule, args.calibrate, noise_df=args.noise_df)
         header = (f"{'case':36s} {'judge: kept':>11s} {'runs':>5s} {'(paired)':>8s} {'unpaired: kept':>14s} "
                   f"{'runs':>5s} {'pooled: kept':>12s} {'runs':>5s} {'reference':>9s} {'fixed K=3':>9s}")
         print(header)
