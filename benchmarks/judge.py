@@ -127,8 +127,9 @@ def simulate(pool: dict[str, dict[int, float]], trials: int, rule: Rule, calibra
         tally = {name: [0, 0] for name in ("judge", "unpaired", "pooled", "reference", "fixed3")}
         paired_keeps = 0
         for _ in range(trials):
-            drawn = rng.sample(seeds, calibration)
-            parent = [base[s] for s in drawn]
+            # seed positions 0, 1, ...: the parent has the first `calibration`, the candidate the first max_runs
+            drawn = rng.sample(seeds, max(calibration, rule.max_runs))
+            parent = [base[s] for s in drawn[:calibration]]
             candidate = [pool[variant][s] - shift for s in drawn[:rule.max_runs]]
             session_noise = None
             if noise_df:

@@ -123,10 +123,34 @@ def test_the_best_is_re_calibrated_when_it_moved_far_from_the_calibration(tmp_pa
         assert [r.seed for r in gain.runs] == [0, 1, 2, 3, 4]
         assert [(c["index"], c["runs"]) for c in calibrations] == [(0, 5), (1, 5)]
         assert gain.metric == pytest.approx(statistics.fmean(gain.metrics))  # its mean over the 5 runs
-    else:  # kept on fewer runs than a calibration's, and left so
-        assert "re-calibrating" not in result.out and len(gain.runs) < 5
+    else:  # kept on fewer runs than a candidate gets: topped up to max_runs (4) before the next change, not calibrated
+        assert "re-calibrating" not in result.out
+        assert re.search(r"more runs of #1 first: it was kept on [23] runs at 1s: 4 make every run of a candidate "
+                         r"pair with one of its own", result.out)
+        assert [r.seed for r in gain.runs] == [0, 1, 2, 3]
         assert [(c["index"], c["runs"]) for c in calibrations] == [(0, 5)]
+        assert gain.metric == pytest.approx(statistics.fmean(gain.metrics))
+        assert [r.seed for r in comment.runs] == [0, 1, 2, 3][:len(comment.runs)]  # each pairs with one of the best's
     assert comment.parent == gain.commit and comment.state.value == "discarded"
+
+
+FLAKY = {"description": "an 8-sd gain that fails past seed 1",
+         "replace": [{"file": "train.py", "old": "WIDTH = 4    # best at 8",
+                      "new": 'WIDTH = 8    # best at 8\nif int(os.environ["AUTORESEARCH_SEED"]) > 1:\n'
+                             '    raise SystemExit("out of memory past seed 1")'}]}
+AGAIN = change("another comment", "LR = 1.0     # best at 3", "LR = 1.0     # best at 3 (again)")
+
+
+def test_a_top_up_that_fails_is_recorded_once_and_the_kept_change_stays(noisy):
+    result = session(noisy, [FLAKY, COMMENT, AGAIN])
+    baseline, flaky, comment, again = noisy.experiments()
+    assert flaky.state.value == "kept" and noisy.branch() == flaky.commit
+    # kept on seeds 0 and 1; the top-up's seeds 2 and 3 fail, are recorded, and are not tried again
+    assert [(r.seed, r.state.value) for r in flaky.runs] == [(0, "ok"), (1, "ok"), (2, "crashed"), (3, "crashed")]
+    assert result.out.count("more runs of #1 first") == 1
+    assert flaky.metric == pytest.approx(statistics.fmean(flaky.metrics_at("1s")))
+    assert comment.parent == again.parent == flaky.commit
+    assert comment.state.value in ("discarded", "crashed") and again.state.value in ("discarded", "crashed")
 
 
 BUDGET_TERM = """budget = float(os.environ["AUTORESEARCH_BUDGET_SECONDS"])

@@ -356,14 +356,16 @@ class Session:
     def _recalibrated(self, worktree: Git, slot: Slot, best: Experiment) -> Experiment:
         """The best, with more runs at the session's budget first where the judge needs them (judge.stale): none
         there yet (the line was measured at another budget: it is re-baselined, as a new line calibrates), the
-        noise unknown, or the best far from where the noise was last calibrated."""
+        noise unknown, or the best far from where the noise was last calibrated (calibrated again); or a change kept
+        on fewer runs than a candidate gets (topped up once: a failed run is left recorded, not tried again)."""
         config, budget = self.target.config, str(self.budget)
         history = [h for h in self.ledger.noise_history(self.tag) if h["budget"] == budget and h["mean"] is not None]
-        why = judge.stale(best, budget, self.noise(), history[-1]["mean"] if history else None, config)
-        if why is None:
+        refresh = judge.stale(best, budget, self.noise(), history[-1]["mean"] if history else None, config)
+        if refresh is None:
             return best
-        self.say(f"re-calibrating on #{best.index}: {why}")
-        wanted = judge.runs_wanted(config, baseline=True)
+        self.say(f"re-calibrating on #{best.index}: {refresh.reason}" if refresh.calibration
+                 else f"more runs of #{best.index} first: {refresh.reason}")
+        wanted = refresh.runs
         seeds = [judge.seed(config, position) for position in range(2 * wanted)]  # what a candidate uses: they pair
         while True:
             here = [run for run in self.ledger.experiment(best.id).runs if run.budget == budget]
@@ -376,13 +378,16 @@ class Session:
             if not batch:
                 break
             self.slots.map([self.job(best.commit, seed, experiment=best) for seed in batch], held=(worktree, slot))
+            if not refresh.calibration:
+                break
         best = self._refined(best)
         if not best.metrics_at(budget):
             failed = [r for r in best.runs if r.budget == budget]
             raise SessionError(f"the best, #{best.index}, has no successful run at budget {budget}"
                                + (f" ({failed[-1].state.value}: {failed[-1].reason})" if failed else "")
                                + f"; run the line at its budget ({best.budget}) or start a new --tag")
-        self._record_noise(best)
+        if refresh.calibration:
+            self._record_noise(best)
         return best
 
     def heldout_test(self, seeds: int) -> Optional[dict]:
