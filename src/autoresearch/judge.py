@@ -12,7 +12,7 @@ spend compute. Otherwise the rule of the [judge] table applies:
 Runs are compared at one budget only: a candidate against its parent's runs at the session's
 budget, never a mean taken at another. The baseline runs `calibrate_seeds` times (statistical) so
 the noise is known before anything is judged against it; a best with no runs at the session's
-budget is re-baselined there first (`stale`, used by Session._recalibrated).
+budget is re-baselined there first (`refresh`, used by Session._refreshed).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Refresh:
     calibration: bool  # a calibration (the noise is recorded from it), or a top-up of a kept change's runs
 
 
-def stale(best: Experiment, budget: str, noise: stats.Noise, calibrated: Optional[float], config: Config) -> Optional[Refresh]:
+def refresh(best: Experiment, budget: str, noise: stats.Noise, calibrated: Optional[float], config: Config) -> Optional[Refresh]:
     """What the best needs before a change is compared with it at `budget`, or None.
 
     No run there: the line was measured at another budget, and comparing across budgets compares the budgets, so
@@ -150,7 +150,7 @@ def decide(runs: list[RunRecord], best: Optional[Experiment], config: Config, no
         return Decision(State.BASELINE, metric, f"baseline over {len(runs)} run{'s' * (len(runs) > 1)} at {budget}; "
                                                 f"noise {noise.describe()}")
     parent = best.runs_at(budget)
-    if not parent:  # Session._recalibrated re-baselines the best first: this is a harness bug, never a guess
+    if not parent:  # Session._refreshed re-baselines the best first: this is a harness bug, never a guess
         raise ValueError(f"#{best.index} has no successful run at budget {budget} to compare with")
     name = config.metric.name
     if config.judge.rule == "plain":

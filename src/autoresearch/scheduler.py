@@ -328,8 +328,8 @@ class Scheduler:
             label, reason, usage = item.failure
             self._settle(item, lambda: session.record(item.base, Proposal(label), State.REJECTED, usage, reason=reason))
             return
-        with self.calibrating:  # the best gets more runs first when its noise is stale; one slot does it
-            parent = session.recalibrated_best(worktree, slot)
+        with self.calibrating:  # the best gets more runs first where the judge needs them; one slot does it
+            parent = session.refreshed_best(worktree, slot)
         experiment = self._begin(item, parent, slot, worktree)
         if experiment is None:
             return

@@ -186,9 +186,9 @@ class Session:
             self._report(experiment, parent)
         return experiment
 
-    def recalibrated_best(self, worktree: Git, slot: Slot) -> Experiment:
-        """The best, with more runs first when its noise is unknown or stale: the parent of the next experiment."""
-        return self._recalibrated(worktree, slot, self.ledger.best(self.tag))
+    def refreshed_best(self, worktree: Git, slot: Slot) -> Experiment:
+        """The best, with more runs first where the judge needs them (judge.refresh): the parent of the next experiment."""
+        return self._refreshed(worktree, slot, self.ledger.best(self.tag))
 
     def judged(self, experiment: Experiment, worktree: Git, slot: Slot, best: Optional[Experiment]):
         """Run seeds until the judge decides (an implausible keep confirmed or not): (decision, runs)."""
@@ -353,14 +353,14 @@ class Session:
         return judge.decide(runs, best, self.target.config, self.noise(runs), budget=str(self.budget),
                             lines_added=experiment.lines_added, lines_removed=experiment.lines_removed)
 
-    def _recalibrated(self, worktree: Git, slot: Slot, best: Experiment) -> Experiment:
-        """The best, with more runs at the session's budget first where the judge needs them (judge.stale): none
+    def _refreshed(self, worktree: Git, slot: Slot, best: Experiment) -> Experiment:
+        """The best, with more runs at the session's budget first where the judge needs them (judge.refresh): none
         there yet (the line was measured at another budget: it is re-baselined, as a new line calibrates), the
         noise unknown, or the best far from where the noise was last calibrated (calibrated again); or a change kept
         on fewer runs than a candidate gets (topped up once: a failed run is left recorded, not tried again)."""
         config, budget = self.target.config, str(self.budget)
         history = [h for h in self.ledger.noise_history(self.tag) if h["budget"] == budget and h["mean"] is not None]
-        refresh = judge.stale(best, budget, self.noise(), history[-1]["mean"] if history else None, config)
+        refresh = judge.refresh(best, budget, self.noise(), history[-1]["mean"] if history else None, config)
         if refresh is None:
             return best
         self.say(f"re-calibrating on #{best.index}: {refresh.reason}" if refresh.calibration
