@@ -326,7 +326,7 @@ class Session:
 
     def _confirm(self, experiment: Experiment, worktree: Git, slot: Slot, best: Experiment, runs: list,
                  decision: "judge.Decision", suspicion: str) -> "judge.Decision":
-        """An implausible keep must hold on two more seeds, then on the held-out test split, where the paired
+        """An implausible keep must hold on more seeds (max_runs + 2 runs in all), then on the held-out test split, where the paired
         interval of the gain over CONFIRM_SEEDS seeds must lie above zero."""
         config = self.target.config
         self.say(f"#{experiment.index} {suspicion}: confirming on more seeds and on the test split")
