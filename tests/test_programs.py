@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch import trial
+from autoresearch.target import Target
 from jail import require_jail
 from toy import quick_judge, run_cli
 
@@ -306,6 +308,20 @@ def test_speedrun_a_checkpoint_that_is_not_what_it_claims_is_rejected(speedrun_p
     assert [f["name"] for f in snapshots["files"]][-1] == "checkpoint-010.pt" or index == 4
     assert any(flag["index"] == index and flag["kind"] == "evaluator" for flag in status(root)["flags"])
 
+
+
+@pytest.mark.slow
+def test_speedrun_the_agents_check_runs_the_edited_code_at_a_token_budget(speedrun_program):
+    """The LLM agents' check tool tries edited code at a tiny budget; the speedrun refuses any budget but tokens,
+    so the check gives it tokens (at a step budget every check failed with "give the run a token budget")."""
+    root, _ = speedrun_program
+    target = Target.open(root)
+    head = git(root, "rev-parse", "HEAD").strip()
+    ok = trial.check(target, head, {})
+    assert ok.ok, ok.log_tail
+    assert ok.budget == "8192tok" and "tokens_per_second" in ok.figures
+    broken = trial.check(target, head, {"train.py": "raise SystemExit('a broken edit')\n"})
+    assert not broken.ok and "a broken edit" in broken.log_tail
 
 @pytest.mark.parametrize("seen, words", [
     ({k: k + 0.5 for k in range(1, 11)}, None),                                # one per second after a start-up

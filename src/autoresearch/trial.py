@@ -4,8 +4,9 @@ The LLM agents' `check` tool calls it before they finish a proposal, so that a t
 costs seconds instead of an experiment. The files are the target's at the parent commit with the
 agent's edits written over them, in `.autoresearch/worktrees/check`; the train command runs there as
 a run's would (runner.Runner's scrubbed environment, jail and resource limits; the held-out data
-hidden), with a budget of two optimizer steps (AUTORESEARCH_BUDGET_STEPS=2) on the device asked: the
-CPU by default, so that a check never takes the GPU of a run in flight. The evaluator does not run.
+hidden), with a budget of four optimizer steps (AUTORESEARCH_BUDGET_STEPS=4), or CHECK_TOKENS for a target
+that counts tokens (the speedrun refuses any other budget), on the device asked: the CPU by default, so that a
+check never takes the GPU of a run in flight. The evaluator does not run.
 Nothing of it is recorded but what it cost (the proposal's `costs.Usage`); its log is kept in
 `.autoresearch/check/log.txt` until the next check.
 """
@@ -28,6 +29,7 @@ from .sandbox import SandboxError
 from .target import Target, command_argv
 
 CHECK_BUDGET = Budget("steps", 4)
+CHECK_TOKENS = Budget("tokens", 8192)  # 4 steps of the built-in target's CPU preset (16 sequences of 128 tokens)
 CHECK_TIMEOUT = 120.0  # seconds: a check takes 5-30 s on a CPU; past this it is killed and reported as such
 _DEVICE = re.compile(r"^device:\s*([A-Za-z]+(?::\d+)?)\s*$", re.M)
 
@@ -45,9 +47,17 @@ class Trial:
     device: str = "cpu"
 
 
+def check_budget(target: Target) -> Budget:
+    """A check's budget, in the unit the target's budget is in where that is tokens (a token-counting target may
+    refuse a step budget, as the speedrun does), else CHECK_BUDGET's steps."""
+    return CHECK_TOKENS if target.config.default_budget().kind == "tokens" else CHECK_BUDGET
+
+
 def check(target: Target, commit: str, writes: Mapping[str, Optional[str]], device: str = "cpu",
-          budget: Budget = CHECK_BUDGET, timeout: float = CHECK_TIMEOUT) -> Trial:
-    """Run the train command on `commit` with `writes` (new contents; None deletes) at `budget` on `device`."""
+          budget: Optional[Budget] = None, timeout: float = CHECK_TIMEOUT) -> Trial:
+    """Run the train command on `commit` with `writes` (new contents; None deletes) at `budget` (check_budget's by
+    default) on `device`."""
+    budget = budget or check_budget(target)
     state = target.state / "check"
     state.mkdir(parents=True, exist_ok=True)
     with open(state / "lock", "a") as lock:  # one trial at a time per target (a session and a CLI command)

@@ -50,9 +50,10 @@ _MEMORY = {"name": "view_memory",
            "parameters": {"type": "object", "properties": {"experiment": {"type": "integer"}}}}
 _CHECK = {"name": "check",
           "description": (f"Try your edited code before you finish: the harness runs the training command on the "
-                          f"files as you edited them for 4 optimizer steps, on the CPU unless configured otherwise "
-                          f"({MAX_CHECKS} checks per proposal, 5-30 s each). Returns ok with what the run printed (parameter count, "
-                          "throughput) or the error and its traceback. Nothing is recorded but its cost."),
+                          f"files as you edited them for 4 optimizer steps (or a few thousand tokens), on the CPU "
+                          f"unless configured otherwise ({MAX_CHECKS} checks per proposal, 5-30 s each). Returns ok "
+                          "with what the run printed (parameter count, throughput) or the error and its traceback. "
+                          "Nothing is recorded but its cost."),
           "parameters": {"type": "object", "properties": {}}}
 _NOTE = {"name": "note",
          "description": (f"Write a note for your later proposals (at most 600 characters, {MAX_NOTES} per proposal): "
