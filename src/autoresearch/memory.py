@@ -46,7 +46,7 @@ KEPT_SHOWN = 15  # the latest links of the kept chain
 NOTABLE = 5  # gains and near misses from before the table
 RUNS_SHOWN = 4  # latest experiments whose run summaries are shown, besides the baseline's and the best's
 CURVE_POINTS = 8  # points of a compact loss curve
-FIGURES = 7  # run summary figures per experiment
+FIGURES = 7  # run summary figures per experiment in the memory (besides the metric's parts); its detail: all
 NOTES_CHARS = 2500  # the agent's notes, the latest that fit
 # The run summary figures shown first, where a run prints them (the built-in target does); then any others.
 PREFERRED_FIGURES = ("tokens_per_second", "num_steps", "mfu_percent", "num_params_M", "peak_memory_mb",
@@ -57,8 +57,9 @@ _LOSS = re.compile(r"\bloss\s*[:=]?\s*(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
 
 
 def build(history: Sequence[Experiment], *, metric: str, minimize: bool, min_effect: float = 0.0,
-          budget: int = 24000, recent: int = 40, notes: Sequence[Note] = ()) -> str:
-    """The memory for the next proposal, at most `budget` characters."""
+          budget: int = 24000, recent: int = 40, notes: Sequence[Note] = (), detail: str = "") -> str:
+    """The memory for the next proposal, at most `budget` characters. `detail`: where the agent finds any experiment
+    in full, in its backend's words, said where the memory is cut."""
     book = _Book(history, minimize, metric)
     sections = [
         _standing(book, metric, minimize, min_effect),
@@ -81,7 +82,7 @@ def build(history: Sequence[Experiment], *, metric: str, minimize: bool, min_eff
             used += len(text) + 1
             continue
         # the first section that does not fit is cut at a line, with a note; the rest are dropped
-        note = "(... cut to fit the memory budget; view_memory(experiment=N) shows any experiment)\n"
+        note = f"(... cut to fit the memory budget{'; ' + detail if detail else ''})\n"
         room = budget - used - len(note) - 1
         kept, size = [], 0
         for line in section:
@@ -124,7 +125,7 @@ def _detail(book: "_Book", index: int, diff_chars: int, log_chars: int) -> str:
         lines.append(fence(experiment.reason, f"reason #{index}", 600))
     for run in experiment.runs:
         lines.append(f"seed {run.seed}: {run.state.value}, metric {_num(run.metric)}, {run.seconds:.1f}s"
-                     + (f"; {book.figures([run])}" if run.state is RunState.OK and run.metrics else ""))
+                     + (f"; {book.figures([run], limit=None)}" if run.state is RunState.OK and run.metrics else ""))
         curve = loss_curve(run.log_tail)
         if curve:
             lines.append(f"  {curve}")
@@ -287,13 +288,17 @@ class _Book:
             return "clear loser" if gain + 2 * se < 0 else "near miss" if gain - 2 * se > 0 else "inconclusive"
         return "clear loser" if gain < 0 else "near miss"
 
-    def figures(self, runs: Sequence) -> str:
-        """The run summary: the means of the numbers the runs printed (the preferred ones first), and the device."""
+    def figures(self, runs: Sequence, limit: Optional[int] = FIGURES) -> str:
+        """The run summary: the means of the numbers the runs printed, and the device. The parts of the metric
+        (`val_bpb_<source>` of a validation mix) always; then up to `limit` others (None: all), the preferred ones
+        first."""
         ok = [run for run in runs if run.state is RunState.OK]
-        keys = [k for k in PREFERRED_FIGURES if any(k in run.metrics for run in ok)]
-        others = sorted({k for run in ok for k in run.metrics} - set(keys) - {self.metric})
+        printed = {k for run in ok for k in run.metrics} - {self.metric}
+        parts = sorted(k for k in printed if k.startswith(f"{self.metric}_"))
+        keys = [k for k in PREFERRED_FIGURES if k in printed]
+        others = sorted(printed - set(keys) - set(parts))
         shown = []
-        for key in [*keys, *others][:FIGURES]:
+        for key in [*parts, *[*keys, *others][:limit]]:
             values = [run.metrics[key] for run in ok if key in run.metrics and math.isfinite(run.metrics[key])]
             if values:
                 shown.append(f"{key} {_figure(statistics.fmean(values))}")

@@ -122,12 +122,17 @@ def suggestions_text(context: Context) -> str:
             f"you followed it.\n\n{ideas}\n\n")
 
 
-def memory_text(context: Context, settings: AgentSection, budget: Optional[int] = None) -> str:
-    """The suggestions, the research memory (at most `budget` characters, default `memory_chars`), what is in flight."""
+VIEW_DETAIL = "view_memory(experiment=N) shows any experiment"  # where the workbench's agents find one in full
+
+
+def memory_text(context: Context, settings: AgentSection, budget: Optional[int] = None,
+                detail: str = VIEW_DETAIL) -> str:
+    """The suggestions, the research memory (at most `budget` characters, default `memory_chars`; `detail`: where
+    any experiment is shown in full, "" where nowhere), what is in flight."""
     config = context.config
     text = suggestions_text(context) + "## Research memory\n\n" + memory.build(
         context.history, metric=config.metric.name, minimize=config.minimize, min_effect=config.judge.min_effect,
-        budget=budget or settings.memory_chars, recent=settings.memory_experiments, notes=context.notes)
+        budget=budget or settings.memory_chars, recent=settings.memory_experiments, notes=context.notes, detail=detail)
     running = [e for e in context.history if not e.state.final]
     if running or context.pending:  # several slots: propose something else than what is already on its way
         lines = [f"- #{e.index} (running): {one_line(e.description)}" for e in running]
@@ -159,7 +164,8 @@ def first_message(context: Context, settings: AgentSection, fixed_chars: int, ch
     (the system prompt, the tools, the program, the task) and an answer."""
     if settings.context_tokens is None:
         files, shown = files_text(context, tools=tools)
-        return FirstMessage(files, memory_text(context, settings), shown, settings.memory_chars)
+        return FirstMessage(files, memory_text(context, settings, detail=VIEW_DETAIL if tools else ""), shown,
+                            settings.memory_chars)
     answer = min(settings.max_tokens, max(MIN_OUTPUT_TOKENS, settings.context_tokens // 4))
     room = int((settings.context_tokens - answer - settings.context_tokens // 4) * chars_per_token) - fixed_chars
     files, shown = files_text(context, max(0, room - min(settings.memory_chars, MEMORY_FLOOR)), tools=tools)
@@ -169,7 +175,7 @@ def first_message(context: Context, settings: AgentSection, fixed_chars: int, ch
             f"context_tokens {settings.context_tokens} leaves no room: the system prompt, the program and the "
             f"tools alone take about {math.ceil(fixed_chars / chars_per_token):,} tokens and an answer "
             f"{answer:,}; start the server with a larger context window and raise [agent] context_tokens")
-    return FirstMessage(files, memory_text(context, settings, budget), shown, budget)
+    return FirstMessage(files, memory_text(context, settings, budget, VIEW_DETAIL if tools else ""), shown, budget)
 
 
 def output_chars(settings: AgentSection, chars_per_token: float) -> Optional[int]:

@@ -28,8 +28,8 @@ MAX_NOTES = 2  # notes per proposal
 _READ = {"name": "read_file",
          "description": ("Read a file: an editable one as it is now (your edits included), or a protected one "
                          "(read-only: the code the editable files use). An editable file you have not changed is "
-                         "already in your first message: ask for it again only by lines. With start and end (line "
-                         "numbers, from 1, inclusive): only those lines."),
+                         "already in your first message (in full, unless it says otherwise): ask for it again only "
+                         "by lines. With start and end (line numbers, from 1, inclusive): only those lines."),
          "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "start": {"type": "integer"},
                                                          "end": {"type": "integer"}},
                         "required": ["path"]}}
@@ -45,8 +45,9 @@ _REPLACE = {"name": "replace",
                                                             "new": {"type": "string"}},
                            "required": ["path", "old", "new"]}}
 _MEMORY = {"name": "view_memory",
-           "description": ("With `experiment` (an index): that past experiment in detail, its diff, runs and log "
-                           "tail. Without: the research memory again (it is already in your first message)."),
+           "description": ("With `experiment` (an index): that past experiment in detail: its diff, its runs' "
+                           "figures and loss curves, and a failed run's log tail. Without: the research memory again "
+                           "(it is already in your first message)."),
            "parameters": {"type": "object", "properties": {"experiment": {"type": "integer"}}}}
 _CHECK = {"name": "check",
           "description": (f"Try your edited code before you finish: the harness runs the training command on the "
