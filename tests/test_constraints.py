@@ -75,3 +75,25 @@ def test_a_bad_constraint_names_its_key(tmp_path, table, message):
     (tmp_path / "autoresearch.toml").write_text(CONFIG + "\n[[constraints]]\n" + table)
     with pytest.raises(ConfigError, match=message):
         load(tmp_path)
+
+
+def test_a_ratio_compares_runs_at_one_budget():
+    """A line resumed at twice its budget: each run takes twice as long, and its run_seconds is held against the
+    baseline's at that budget, not a mean over both (which discarded every change); at a budget the baseline never
+    ran at, the ratio is not checked."""
+    from autoresearch import constraints
+    from autoresearch.config import Constraint
+    from autoresearch.records import Experiment, RunRecord, RunState, State
+
+    def runs(budget, *seconds):
+        return tuple(RunRecord(experiment_id=1, seed=s, state=RunState.OK, metric=1.0, seconds=t, budget=budget)
+                     for s, t in enumerate(seconds))
+
+    baseline = Experiment(id=1, tag="t", index=0, state=State.BASELINE, parent=None, commit="c", description="",
+                          agent="harness", metric=1.0, runs=runs("60s", 10, 10) + runs("120s", 20, 20))
+    slower = [Constraint(metric="run_seconds", max_ratio=1.25)]
+    assert constraints.broken(slower, list(runs("120s", 24)), baseline) is None
+    assert "run_seconds 26 above 25" in constraints.broken(slower, list(runs("120s", 26)), baseline)
+    assert "run_seconds 13 above 12.5" in constraints.broken(slower, list(runs("60s", 13)), baseline)
+    assert constraints.broken(slower, list(runs("240s", 99)), baseline) is None
+    assert constraints.reference(baseline, "run_seconds") == 10  # what status shows: at the baseline's budget

@@ -267,6 +267,13 @@ def test_verify_bad_input_is_a_clear_error(noisy, args, message):
     assert result.code == 2 and message in result.err
 
 
+
+def test_verify_on_the_test_split_needs_an_evaluator(toy):
+    """Without an evaluate command nothing scores the test split: the train command's own (validation) number
+    would have been printed as the test split's."""
+    result = run_cli("verify", "-C", toy.root)
+    assert result.code == 2 and "no evaluate command" in result.err and "--split val" in result.err
+
 @pytest.mark.slow
 def test_calibrate_and_verify_on_the_gpt_target(tmp_path):
     root = tmp_path / "gpt"

@@ -101,3 +101,24 @@ def test_a_run_that_ignores_sigterm_is_sigkilled_after_the_grace_period(make_toy
     assert LIMIT + KILL_GRACE_SECONDS <= timed_out.seconds < LIMIT + KILL_GRACE_SECONDS + 2
     assert "running forever" in timed_out.runs[0].log_tail
     assert wait_for(lambda: not alive(train_pid) and not alive(child_pid), timeout=2)
+
+
+def test_the_limit_of_a_steps_or_tokens_run_scales_with_its_budget():
+    """Without [budget] timeout, a steps or tokens run's limit comes from the baseline's runs: at ten times the
+    steps they ran at, ten times the time (it was the baseline's time as it stood, and every run of a line resumed,
+    verified or calibrated at a larger budget was killed as a timeout)."""
+    from autoresearch.budget import Budget
+    from autoresearch.records import Experiment, RunRecord
+    from autoresearch.session import run_timeout
+
+    runs = tuple(RunRecord(experiment_id=1, seed=s, state=RunState.OK, metric=1.0, seconds=10.0 + s, budget="100steps")
+                 for s in range(2)) + (RunRecord(experiment_id=1, seed=0, state=RunState.OK, metric=1.0, seconds=5.0,
+                                                 budget="1ktok"),)
+    baseline = Experiment(id=1, tag="t", index=0, state=State.BASELINE, parent=None, commit="c", description="",
+                          agent="harness", metric=1.0, seconds=sum(r.seconds for r in runs), runs=runs)
+    assert run_timeout(Budget.parse("1000steps"), None, baseline) == pytest.approx(3 * 110 + 60)
+    assert run_timeout(Budget.parse("100steps"), None, baseline) == pytest.approx(3 * 11 + 60)
+    assert run_timeout(Budget.parse("4ktok"), None, baseline) == pytest.approx(3 * 20 + 60)
+    assert run_timeout(Budget.parse("30s"), None, baseline) == 2 * 30 + 60
+    assert run_timeout(Budget.parse("1000steps"), 45.0, baseline) == 45.0  # [budget] timeout wins
+    assert run_timeout(Budget.parse("1000steps"), None, None) == 3600.0

@@ -37,6 +37,7 @@ def test_mlflow_gets_every_run_with_knobs_state_hypothesis_and_commit_once(resea
     experiments = researched.experiments()
     assert kept.metrics["score"] == pytest.approx(experiments[1].metric) and kept.metrics["run_seconds"] > 0
     assert kept.params["LR"] == "2.0" and kept.params["WIDTH"] == "4" and kept.params["seed"] == "0"
+    assert kept.params["budget"] == "1s"  # runs of one seed at two budgets (a resumed line) stay apart
     assert kept.tags["autoresearch.state"] == "kept" and kept.tags["autoresearch.hypothesis"] == "raise LR to 2"
     assert kept.tags["autoresearch.commit"] == experiments[1].commit
     assert kept.tags["autoresearch.parent"] == experiments[0].commit
@@ -69,6 +70,7 @@ def test_wandb_offline_gets_every_run_with_knobs_state_hypothesis_and_commit_onc
     experiments = researched.experiments()
     assert run["project"] == "toy-project" and run["run_group"] == TAG and run["notes"] == "raise LR to 2"
     assert run["config"]["update"]["LR"] == 2.0 and run["config"]["update"]["seed"] == 0
+    assert run["config"]["update"]["budget"] == "1s"
     assert summary["score"] == pytest.approx(experiments[1].metric)
     assert summary["state"] == "kept" and summary["commit"] == experiments[1].commit
     assert found["#2 seed 0"][1]["state"] == "discarded"

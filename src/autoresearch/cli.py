@@ -120,6 +120,9 @@ def cmd_verify(args) -> int:
         raise UsageError(str(exc)) from None
     if args.seeds < 2:
         raise UsageError("--seeds must be 2 or more: the interval needs pairs")
+    if args.split == "test" and not target.config.commands.evaluate:
+        raise UsageError("this target has no evaluate command, so nothing scores the held-out test split: its train "
+                         "command's own number is the only one; compare on it with --split val")
     with assemble.harness_session(target, "verify", args.tag, args.budget, args.device, args.slots) as session:
         baseline = session.ledger.baseline(session.tag)
         if baseline is None:

@@ -7,8 +7,9 @@
 A change is judged on its metric as usual, and discarded, with the constraint it broke as the
 reason, as soon as the mean over its runs so far breaks one (so a change that doubles the memory
 stops after one run). A number the run does not report breaks its constraint: a change cannot
-escape a bound by no longer reporting the number. A ratio is taken against the baseline's mean;
-when the baseline did not report the number, the ratio is not checked.
+escape a bound by no longer reporting the number. A ratio is taken against the baseline's mean at the
+change's budget (a line resumed at twice its budget takes twice as long per run); when the baseline did not
+report the number, or never ran at that budget, the ratio is not checked.
 
 Which numbers to trust: the evaluator's own (num_params_M counted from the weights), and
 `run_seconds`, the wall time of the whole run (training and evaluation) on the harness's clock,
@@ -39,6 +40,14 @@ def mean(runs: Iterable[RunRecord], name: str) -> Optional[float]:
     return statistics.fmean(values) if values else None
 
 
+def reference(baseline: Optional[Experiment], name: str, budget: Optional[str] = None) -> Optional[float]:
+    """The baseline's mean of `name` at `budget` (default: the one it was judged at), what a ratio is taken of."""
+    if baseline is None:
+        return None
+    budget = budget or baseline.budget
+    return mean([run for run in baseline.runs if run.budget == budget], name)
+
+
 def describe(constraint: Constraint, baseline: Optional[float] = None) -> str:
     """`run_seconds <= 1.5x the baseline's (12.3)`, `peak_memory_mb <= 4000`."""
     parts = []
@@ -60,15 +69,16 @@ def broken(constraints: list[Constraint], runs: list[RunRecord], baseline: Optio
             if any(run.state is RunState.OK for run in runs):
                 return f"constraint {describe(constraint)}: the runs report no {name}"
             continue
-        reference = mean(baseline.runs, name) if baseline is not None else None
+        budget = next((run.budget for run in runs if run.budget), None)
+        reference_value = reference(baseline, name, budget)
         limits = [("max", constraint.max, 1.0), ("min", constraint.min, 1.0)]
-        if reference is not None:
-            limits += [("max", constraint.max_ratio, reference), ("min", constraint.min_ratio, reference)]
+        if reference_value is not None:
+            limits += [("max", constraint.max_ratio, reference_value), ("min", constraint.min_ratio, reference_value)]
         for kind, bound, scale in limits:
             if bound is None:
                 continue
             limit = bound * scale
             if (kind == "max" and current > limit) or (kind == "min" and current < limit):
-                return (f"constraint {describe(constraint, reference)} broken: {name} {current:.4g} "
+                return (f"constraint {describe(constraint, reference_value)} broken: {name} {current:.4g} "
                         f"{'above' if kind == 'max' else 'below'} {limit:.4g}")
     return None

@@ -101,8 +101,8 @@ def status(ledger: Ledger, tag: str, target: Target, experiments: Optional[list[
         "verifications": verifications,
         "transfers": transfers(ledger, tag, config.minimize),
         "agent_cost": _spend(costs.values()),
-        "constraints": [{**c.model_dump(), "baseline": _baseline_value(baseline, c.metric),
-                         "text": constraints.describe(c, _baseline_value(baseline, c.metric))}
+        "constraints": [{**c.model_dump(), "baseline": constraints.reference(baseline, c.metric),
+                         "text": constraints.describe(c, constraints.reference(baseline, c.metric))}
                         for c in config.constraints],
         "suggestions": ledger.suggestions(tag),
         "slots": ledger.slot_activity(tag),
@@ -182,8 +182,6 @@ def _improvement(baseline: Optional[Experiment], best: Optional[Experiment], con
     return baseline.metric - best.metric if config.minimize else best.metric - baseline.metric
 
 
-def _baseline_value(baseline: Optional[Experiment], name: str) -> Optional[float]:
-    return constraints.mean(baseline.runs, name) if baseline else None
 
 
 def _spend(usages) -> dict:

@@ -329,7 +329,8 @@ class Session:
         """An implausible keep must hold on more seeds (max_runs + 2 runs in all), then on the held-out test split, where the paired
         interval of the gain over CONFIRM_SEEDS seeds must lie above zero."""
         config = self.target.config
-        self.say(f"#{experiment.index} {suspicion}: confirming on more seeds and on the test split")
+        where = " and on the test split" if config.commands.evaluate else " (no evaluate command: no test split)"
+        self.say(f"#{experiment.index} {suspicion}: confirming on more seeds{where}")
         runs += self.slots.map([self.job(experiment.commit, judge.seed(config, position), experiment=experiment)
                                 for position in range(len(runs), config.judge.max_runs + 2)], held=(worktree, slot))
         decision = self._decide(experiment, runs, best)
@@ -447,15 +448,7 @@ class Session:
         return knob_values.current(knobs, files)
 
     def _timeout(self, budget: Optional[Budget] = None) -> float:
-        budget = budget or self.budget
-        if self.target.config.budget.timeout:
-            return self.target.config.budget.timeout
-        if budget.kind == "seconds":
-            return 2 * budget.value + 60
-        baseline = self.ledger.baseline(self.tag)
-        if baseline and baseline.seconds:
-            return 3 * baseline.seconds / max(1, len(baseline.runs)) + 60
-        return 3600.0
+        return run_timeout(budget or self.budget, self.target.config.budget.timeout, self.ledger.baseline(self.tag))
 
     def _report(self, experiment: Experiment, best: Optional[Experiment]) -> None:
         name = self.target.config.metric.name
@@ -465,3 +458,22 @@ class Session:
         detail = "" if experiment.state in (State.KEPT, State.BASELINE, State.DISCARDED) else f"  [{experiment.reason}]"
         seconds = f"  {experiment.seconds:.1f}s" if experiment.seconds else ""
         self.say(f"#{experiment.index:<4} {experiment.state.value:<11} {figure}  {experiment.description}{detail}{seconds}")
+
+
+def run_timeout(budget: Budget, configured: Optional[float], baseline: Optional[Experiment]) -> float:
+    """A run's hard wall-clock limit at `budget`: [budget] timeout when set; for a seconds budget twice the budget
+    plus a minute; for steps or tokens three times the baseline's slowest run, scaled from its budget to this one
+    (a line resumed, verified or calibrated at ten times its steps takes about ten times as long), plus a minute;
+    an hour before the line has a baseline."""
+    if configured:
+        return configured
+    if budget.kind == "seconds":
+        return 2 * budget.value + 60
+    runs = baseline.runs if baseline else ()
+    scaled = [run.seconds * budget.value / ran.value for run in runs
+              if run.seconds and run.budget and (ran := Budget.parse(run.budget)).kind == budget.kind]
+    if scaled:
+        return 3 * max(scaled) + 60
+    if baseline and baseline.seconds:  # runs recorded before runs had budgets
+        return 3 * baseline.seconds / max(1, len(baseline.runs)) + 60
+    return 3600.0

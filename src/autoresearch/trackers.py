@@ -60,7 +60,7 @@ def rows(ledger: Ledger, tag: str, metric_name: str) -> Iterator[Row]:
             tags = {"state": experiment.state.value, "hypothesis": experiment.description[:4000],
                     "agent": experiment.agent, "commit": experiment.commit or "", "parent": experiment.parent or "",
                     "research_line": tag, "run_state": run.state.value, "reason": (run.reason or "")[:4000]}
-            params = {**experiment.knobs, "seed": run.seed, "experiment": experiment.index}
+            params = {**experiment.knobs, "seed": run.seed, "experiment": experiment.index, "budget": run.budget or ""}
             yield Row(f"{tag}/{experiment.index}/{run.id}", f"#{experiment.index} seed {run.seed}", experiment, run,
                       params, tags, metrics)
 
