@@ -182,8 +182,6 @@ def _improvement(baseline: Optional[Experiment], best: Optional[Experiment], con
     return baseline.metric - best.metric if config.minimize else best.metric - baseline.metric
 
 
-
-
 def _spend(usages) -> dict:
     """What the agent's proposals cost in all: tokens, dollars (None when any price was unknown)."""
     usages = list(usages)

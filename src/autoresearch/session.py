@@ -326,8 +326,8 @@ class Session:
 
     def _confirm(self, experiment: Experiment, worktree: Git, slot: Slot, best: Experiment, runs: list,
                  decision: "judge.Decision", suspicion: str) -> "judge.Decision":
-        """An implausible keep must hold on more seeds (max_runs + 2 runs in all), then on the held-out test split, where the paired
-        interval of the gain over CONFIRM_SEEDS seeds must lie above zero."""
+        """An implausible keep must hold on more seeds (max_runs + 2 runs in all), then on the held-out test split,
+        where the paired interval of the gain over CONFIRM_SEEDS seeds must lie above zero."""
         config = self.target.config
         where = " and on the test split" if config.commands.evaluate else " (no evaluate command: no test split)"
         self.say(f"#{experiment.index} {suspicion}: confirming on more seeds{where}")

@@ -50,8 +50,8 @@ Your tools are Claude Code's Read, Glob and Grep to look at the files of the wor
 and Write to change the editable ones; there is no shell. The directory holds the editable files, the \
 protected files they depend on (read-only) and {memory}/: memory.md (the research memory) and \
 experiment-NNNN.md, every past experiment in detail (its diff, its runs' figures and loss curves, and a failed \
-run's log tail).{services} When your change \
-is complete, end your reply with one line: HYPOTHESIS: what you changed and why it should improve the metric."""
+run's log tail).{services} When your change is complete, end your reply with one line: HYPOTHESIS: what you \
+changed and why it should improve the metric."""
 CHECK_SENTENCE = (f" mcp__{SERVER}__check runs your edited code for a few steps and returns the error, if any "
                   "(use it before you finish).")
 NOTE_SENTENCE = f" mcp__{SERVER}__note writes a line for your later proposals."
@@ -166,7 +166,8 @@ class ClaudeCodeAgent(LLMAgent):
 
         context = bench.context
         read_only = sorted(p for p in context.read_only if p not in context.files)
-        prompt = "\n".join([program_text(context), memory_text(context, self.settings, detail=DETAIL), PROMPT_TAIL.format(
+        memory_md = memory_text(context, self.settings, detail=DETAIL)
+        prompt = "\n".join([program_text(context), memory_md, PROMPT_TAIL.format(
             files=", ".join(sorted(context.files)),
             read_only=f", the protected files ({', '.join(read_only)}: read-only)" if read_only else "")])
         with tempfile.TemporaryDirectory(prefix="autoresearch-claude-code-") as directory:
@@ -176,7 +177,7 @@ class ClaudeCodeAgent(LLMAgent):
             for path in read_only:
                 _write(scratch / path, context.read_only[path], read_only=True)
             config = context.config
-            _write(scratch / MEMORY_DIR / "memory.md", memory_text(context, self.settings, detail=DETAIL), read_only=True)
+            _write(scratch / MEMORY_DIR / "memory.md", memory_md, read_only=True)
             for index, text in memory.experiment_details(context.history, minimize=config.minimize,
                                                          metric=config.metric.name).items():
                 _write(scratch / MEMORY_DIR / f"experiment-{index:04d}.md", text, read_only=True)
