@@ -19,11 +19,13 @@ Design
     plain   the same with [judge] rule = "plain": one run (seed 0), kept when lower (the reference loop's rule)
     tpe     Optuna's TPESampler(seed=rep) run directly: one run per trial (seed 0), the best trial picked
     random  Optuna's RandomSampler(seed=rep), likewise
-  and, on request (--methods stat4 quick wide), variants of the loop that were tried:
+  and, on request (--methods stat4 quick wide novel), variants of the loop that were tried:
     stat4   stat with [judge] calibrate_seeds = 4 (half the baseline's calibration runs)
     quick   stat4 with [judge] max_runs = 3 (a promising change gets at most 3 runs, not 4)
     wide    stat4 with the search agent moving every knob TPE moves, not the one or two it moves furthest
             (search.MAX_MOVED and SECOND_MOVE set in this process: no setting of the tool)
+    novel   stat with the search agent refusing a move within 10% of a knob's range of a value an earlier
+            experiment moved the same knobs to from the same best (search.MIN_STEP = 0.1, set likewise)
   The start is the first trial of tpe and random (and is told to the sampler where it lies inside the knobs'
   ranges, as the search agent is told the baseline); the loop's pick is its best commit.
 - Scoring: each pick and its start on the held-out test split with fresh seeds (--test-seeds of them: 1000, 1001,
@@ -69,7 +71,7 @@ from prepared_target import prepared_target
 
 LOCK = "/tmp/autoresearch-bench.lock"
 STARTS = ("tuned", "untuned")
-METHODS = ("stat", "plain", "tpe", "random", "stat4", "quick", "wide")
+METHODS = ("stat", "plain", "tpe", "random", "stat4", "quick", "wide", "novel")
 DEFAULT_METHODS = METHODS[:4]  # the rest are variants of the loop that were tried, collected on request
 SPENT = "the benchmark's compute for this method is spent"
 TEST_SEED = 1000  # scoring seeds start here: none of them trains during a search
@@ -184,7 +186,8 @@ LOOP_VARIANTS = {  # method: the [judge] lines of the template it changes, as (p
     "quick": CALIBRATE_4 + [(r"^max_runs = \d+", "max_runs = 3")],
     "wide": CALIBRATE_4,
 }
-SEARCH_VARIANTS = {"wide": {"MAX_MOVED": 1000, "SECOND_MOVE": 0.0}}  # method: the search agent's constants it sets
+SEARCH_VARIANTS = {"wide": {"MAX_MOVED": 1000, "SECOND_MOVE": 0.0},  # method: the search agent's constants it sets
+                   "novel": {"MIN_STEP": 0.1}}
 
 
 @contextmanager
@@ -441,7 +444,7 @@ def collect(args, results: Results) -> None:
                         log = _logger(handle, f"{start} {method} r{rep}")
                         with bench_lock():
                             began = machine()
-                            if method in ("stat", *LOOP_VARIANTS):
+                            if method in ("stat", *LOOP_VARIANTS, *SEARCH_VARIANTS):
                                 outcome = loop_search(base, unit, method, rep, args.runs, budget, log)
                             else:
                                 outcome = optuna_search(base, unit, method, rep, args.runs, budget, results, where,

@@ -176,3 +176,25 @@ def test_current_leaves_out_what_it_cannot_read():
                 Knob(name="gone", file="config.yaml", key="optimizer.gone", low=1e-5, high=1.0),
                 Knob(flag="--lr", file="missing.sh", low=1e-5, high=1.0)]
     assert knobs.current(declared, {"config.yaml": CONFIG_FILES["config.yaml"]}) == {"lr": 0.001}
+
+
+# ---------------------------------------------------------------- the search agent's moves
+
+
+def test_with_a_min_step_a_move_near_one_already_tried_from_the_same_values_is_refused(monkeypatch):
+    """search.MIN_STEP (off by default; the benchmark's `novel` variant): from the same best, a move of the same
+    knob to within that share of its range of a value already tried is refused; from other values, or of other
+    knobs, it is not."""
+    from autoresearch.agents import search
+
+    by_name = {"WD": Knob(name="WD", file="t.py", low=0.0, high=0.2),
+               "LR": Knob(name="LR", file="t.py", low=0.01, high=0.15, log=True)}
+    best = {"WD": 0.18, "LR": 0.04}
+    tried = [{"WD": 0.1, "LR": 0.04}]
+    assert not search._near_tried(best, {"WD": 0.099}, tried, by_name)  # off: only exact repeats are refused
+    monkeypatch.setattr(search, "MIN_STEP", 0.1)
+    assert search._near_tried(best, {"WD": 0.09}, tried, by_name)  # 0.01 of a 0.2 range: 5%
+    assert not search._near_tried(best, {"WD": 0.07}, tried, by_name)  # 15%
+    assert not search._near_tried({"WD": 0.18, "LR": 0.08}, {"WD": 0.09}, tried, by_name)  # another best
+    assert not search._near_tried(best, {"LR": 0.045}, tried, by_name)  # another knob
+    assert not search._near_tried(best, {"WD": 0.09, "LR": 0.05}, tried, by_name)  # two knobs, not the one

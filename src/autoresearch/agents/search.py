@@ -24,6 +24,9 @@ from . import Agent, AgentExhausted, Context, Proposal
 _MAX_TRIES = 20
 MAX_MOVED = 2  # knobs one proposal changes
 SECOND_MOVE = 0.8  # a second knob moves too when TPE moves it nearly as far as the first (this share of its distance)
+# A move must land at least this share of a knob's range from where an earlier experiment moved the same knobs from
+# the same values (0: only exact repeats are refused). benchmarks/research_efficiency.py's `novel` tries 0.1.
+MIN_STEP = 0.0
 DIGITS = 2  # significant digits of a proposed float: "MATRIX_LR 0.002 -> 0.035"
 
 
@@ -81,7 +84,8 @@ class SearchAgent(Agent):
                 point = {name: self._rounded(value) for name, value in trial.params.items()}
                 study.tell(trial, state=self.optuna.trial.TrialState.FAIL)  # only told real outcomes
                 moved = _move(current, point, knobs)
-                if moved and self._key({**current, **moved}) not in seen:
+                if moved and self._key({**current, **moved}) not in seen and not _near_tried(
+                        current, moved, [e.knobs for e in context.history if e.knobs] + in_flight, by_name):
                     break
             else:
                 moved = self._nudge(current, knobs, random.Random(seed))
@@ -166,6 +170,18 @@ def distance(knob: Knob, old, new) -> float:
     if knob.log and old > 0 and new > 0:
         return abs(math.log(new) - math.log(old)) / (math.log(knob.high) - math.log(knob.low))
     return abs(new - old) / (knob.high - knob.low)
+
+
+def _near_tried(current: dict, moved: dict, tried: list[dict], by_name: dict[str, Knob]) -> bool:
+    """Whether an earlier experiment from the same values moved the same knobs to within MIN_STEP of `moved`."""
+    if MIN_STEP <= 0:
+        return False
+    for values in tried:
+        changed = {k for k, v in values.items()
+                   if k in current and knob_edit.format_value(v) != knob_edit.format_value(current[k])}
+        if changed == set(moved) and all(distance(by_name[k], values[k], moved[k]) < MIN_STEP for k in moved):
+            return True
+    return False
 
 
 def _move(current: dict, point: dict, knobs: list[Knob]) -> dict:
