@@ -44,8 +44,7 @@ def reference(baseline: Optional[Experiment], name: str, budget: Optional[str] =
     """The baseline's mean of `name` at `budget` (default: the one it was judged at), what a ratio is taken of."""
     if baseline is None:
         return None
-    budget = budget or baseline.budget
-    return mean([run for run in baseline.runs if run.budget == budget], name)
+    return mean(baseline.runs_at(budget or baseline.budget), name)
 
 
 def describe(constraint: Constraint, baseline: Optional[float] = None) -> str:
@@ -62,6 +61,7 @@ def describe(constraint: Constraint, baseline: Optional[float] = None) -> str:
 
 def broken(constraints: list[Constraint], runs: list[RunRecord], baseline: Optional[Experiment]) -> Optional[str]:
     """Why the runs so far break a constraint (the first one they break), or None."""
+    budget = next((run.budget for run in runs if run.budget), None)  # a change's runs share one
     for constraint in constraints:
         name = constraint.metric
         current = mean(runs, name)
@@ -69,7 +69,6 @@ def broken(constraints: list[Constraint], runs: list[RunRecord], baseline: Optio
             if any(run.state is RunState.OK for run in runs):
                 return f"constraint {describe(constraint)}: the runs report no {name}"
             continue
-        budget = next((run.budget for run in runs if run.budget), None)
         reference_value = reference(baseline, name, budget)
         limits = [("max", constraint.max, 1.0), ("min", constraint.min, 1.0)]
         if reference_value is not None:

@@ -71,7 +71,8 @@ class SearchAgent(Agent):
         # at once is spread out
         in_flight = [e.knobs for e in context.history if not e.state.final and e.knobs]
         in_flight += [{**current, **p.meta["knobs"]} for p in context.pending if isinstance(p.meta.get("knobs"), dict)]
-        seen = {self._key(e.knobs) for e in context.history if e.knobs} | {self._key(v) for v in in_flight}
+        tried = [e.knobs for e in context.history if e.knobs] + in_flight
+        seen = {self._key(values) for values in tried}
         seed = zlib.crc32(context.parent.tag.encode()) + len(context.history) + len(context.pending)
         liars = self._pretend_running(study, in_flight, distributions, by_name=by_name)
         moved = None
@@ -84,8 +85,8 @@ class SearchAgent(Agent):
                 point = {name: self._rounded(value) for name, value in trial.params.items()}
                 study.tell(trial, state=self.optuna.trial.TrialState.FAIL)  # only told real outcomes
                 moved = _move(current, point, knobs)
-                if moved and self._key({**current, **moved}) not in seen and not _near_tried(
-                        current, moved, [e.knobs for e in context.history if e.knobs] + in_flight, by_name):
+                if moved and self._key({**current, **moved}) not in seen \
+                        and not _near_tried(current, moved, tried, by_name):
                     break
             else:
                 moved = self._nudge(current, knobs, random.Random(seed))
